@@ -1,0 +1,61 @@
+//! Errors of attention and the decode pipeline.
+
+use crate::SeqId;
+
+/// Errors of `ckv-attn`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AttnError {
+    /// A configuration value out of range.
+    #[error("invalid {name} = {value}: expected {expected}")]
+    InvalidConfig {
+        /// The field.
+        name: &'static str,
+        /// Its value.
+        value: String,
+        /// What is accepted.
+        expected: String,
+    },
+    /// An input of the wrong length.
+    #[error("{what}: expected {expected} values, got {given}")]
+    Shape {
+        /// Which input.
+        what: &'static str,
+        /// Expected length.
+        expected: usize,
+        /// Given length.
+        given: usize,
+    },
+    /// A NaN or an infinity in an input.
+    #[error("{what}: non-finite value {value} at index {index}")]
+    NonFinite {
+        /// Which input.
+        what: &'static str,
+        /// Flat index of the value.
+        index: usize,
+        /// The value.
+        value: f32,
+    },
+    /// A sequence id the pipeline does not hold.
+    #[error("unknown sequence {0}")]
+    UnknownSequence(SeqId),
+    /// The same sequence twice in one batch.
+    #[error("sequence {0} appears twice in one decode batch")]
+    DuplicateSequence(SeqId),
+    /// Selection failed.
+    #[error(transparent)]
+    Select(#[from] ckv_select::SelectError),
+    /// The KV store failed.
+    #[error(transparent)]
+    Cache(#[from] ckv_cache::CacheError),
+}
+
+/// Checks that `xs` has `expected` values, all finite.
+pub(crate) fn check_input(what: &'static str, xs: &[f32], expected: usize) -> Result<(), AttnError> {
+    if xs.len() != expected {
+        return Err(AttnError::Shape { what, expected, given: xs.len() });
+    }
+    match xs.iter().position(|x| !x.is_finite()) {
+        Some(index) => Err(AttnError::NonFinite { what, index, value: xs[index] }),
+        None => Ok(()),
+    }
+}

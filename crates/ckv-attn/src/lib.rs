@@ -1,0 +1,38 @@
+//! Attention for ClusterKV: stage 4 of cluster -> index -> select -> **attend**, and the
+//! per-layer decode pipeline that composes the four stages.
+//!
+//! - [`dense_attention`] and [`sparse_attention`]: decode attention of one query row over
+//!   f16 or f32 KV rows, f32 accumulation, numerically stable softmax; one implementation
+//!   ([`attend_rows`]), so a sparse step over every id is bitwise the dense one.
+//! - [`LayerPipeline`]: prefill (dense causal attention, then clustering of `[s, P)`) and
+//!   decode steps (append, re-cluster every full tail window, select under the budget,
+//!   attend) for a batch of sequences of different lengths, parallel over (sequence, KV
+//!   head); layers below `dense_layers` attend densely.
+//!
+//! ```
+//! use ckv_attn::{DecodeInput, LayerPipeline, PipelineConfig, PrefillInput};
+//! use ckv_select::{Method, SelectParams};
+//! use half::f16;
+//!
+//! let (hq, hkv, d, prompt) = (4, 2, 8, 300);
+//! let select = SelectParams::new(Method::ClusterKv).budget(128).sink(4);
+//! let config = PipelineConfig::new(hq, hkv, d, select).validate().unwrap();
+//! let mut layer = LayerPipeline::<f16>::new(config);
+//! let kv: Vec<f32> = (0..prompt * hkv * d).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect();
+//! let seq = layer.prefill(PrefillInput { keys: &kv, values: &kv, queries: None }, None).unwrap();
+//! let (q, k) = (vec![0.1f32; hq * d], vec![0.2f32; hkv * d]);
+//! let mut out = vec![0.0f32; hq * d];
+//! layer.decode(&[DecodeInput { seq, query: &q, key: &k, value: &k }], &mut out).unwrap();
+//! assert_eq!(layer.selection(seq, 0).unwrap().len(), 128);
+//! assert_eq!(layer.len(seq).unwrap(), prompt + 1);
+//! ```
+
+mod attention;
+mod config;
+mod error;
+mod pipeline;
+
+pub use attention::{attend_rows, dense_attention, sparse_attention};
+pub use config::{PipelineConfig, ValidPipelineConfig};
+pub use error::AttnError;
+pub use pipeline::{DecodeInput, LayerPipeline, PrefillInput, SeqId};

@@ -1,0 +1,314 @@
+//! The per-layer decode pipeline: prefill -> cluster -> select -> attend, for a batch of
+//! sequences of different lengths, parallel over (sequence, KV head).
+
+use std::fmt;
+
+use ckv_cache::HeadKv;
+use ckv_cluster::Element;
+use ckv_index::ClusterIndex;
+use ckv_select::{GqaPolicy, Growth, Regions, Selector, StepCtx, derive_seed, new_selector, select_group};
+use rayon::prelude::*;
+
+use crate::error::check_input;
+use crate::{AttnError, ValidPipelineConfig, attend_rows, sparse_attention};
+
+/// Identifies a sequence held by a [`LayerPipeline`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SeqId(usize);
+
+impl fmt::Display for SeqId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// The prompt of one sequence for [`LayerPipeline::prefill`], token-major.
+#[derive(Debug, Clone, Copy)]
+pub struct PrefillInput<'a> {
+    /// Keys after RoPE, `[P, Hkv, d]`.
+    pub keys: &'a [f32],
+    /// Values, `[P, Hkv, d]`.
+    pub values: &'a [f32],
+    /// Queries after RoPE, `[P, Hq, d]`; `None` stores the prompt without attending (no
+    /// outputs, and H2O starts without accumulated attention).
+    pub queries: Option<&'a [f32]>,
+}
+
+/// One sequence's new token for [`LayerPipeline::decode`].
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeInput<'a> {
+    /// The sequence.
+    pub seq: SeqId,
+    /// Query rows after RoPE, `[Hq, d]`.
+    pub query: &'a [f32],
+    /// Key rows after RoPE, `[Hkv, d]`.
+    pub key: &'a [f32],
+    /// Value rows, `[Hkv, d]`.
+    pub value: &'a [f32],
+}
+
+/// State of one (sequence, KV head): its KV, its selector and reusable buffers.
+struct HeadState<E: Element> {
+    kv: HeadKv<E>,
+    selector: Box<dyn Selector<E>>,
+    /// The ids of the last step: one list per query head, or one per group.
+    selections: Vec<Vec<u32>>,
+    probs: Vec<f32>,
+}
+
+struct SeqState<E: Element> {
+    heads: Vec<HeadState<E>>,
+    clustered_end: u32,
+}
+
+impl<E: Element> SeqState<E> {
+    fn len(&self) -> usize {
+        self.heads[0].kv.len()
+    }
+}
+
+/// One attention layer's decode pipeline over a batch of sequences; each sequence owns its
+/// KV, its index and its regions.
+pub struct LayerPipeline<E: Element> {
+    config: ValidPipelineConfig,
+    seqs: Vec<Option<SeqState<E>>>,
+    batch_slot: Vec<usize>,
+}
+
+impl<E: Element> LayerPipeline<E> {
+    /// An empty pipeline.
+    pub fn new(config: ValidPipelineConfig) -> Self {
+        Self { config, seqs: Vec::new(), batch_slot: Vec::new() }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ValidPipelineConfig {
+        &self.config
+    }
+
+    /// Adds a sequence from its prompt of `P` tokens: stores the KV, attends densely
+    /// (causal) when queries are given, writing `[P, Hq, d]` into `out`, then clusters the
+    /// keys of `[s, P)`.
+    pub fn prefill(&mut self, input: PrefillInput<'_>, out: Option<&mut [f32]>) -> Result<SeqId, AttnError> {
+        let cfg = &self.config;
+        let (hq, hkv, d) = (cfg.n_q_heads(), cfg.n_kv_heads(), cfg.head_dim());
+        let prompt = input.keys.len() / (hkv * d);
+        check_input("keys", input.keys, prompt * hkv * d)?;
+        check_input("values", input.values, prompt * hkv * d)?;
+        if let Some(queries) = input.queries {
+            check_input("queries", queries, prompt * hq * d)?;
+            let given = out.as_ref().map_or(0, |o| o.len());
+            if given != prompt * hq * d {
+                return Err(AttnError::Shape { what: "out", expected: prompt * hq * d, given });
+            }
+        }
+        let select = cfg.select();
+        if let Some(max_context) = select.max_context()
+            && prompt > max_context
+        {
+            return Err(ckv_select::SelectError::ContextTooLong { context: prompt, max_context }.into());
+        }
+        let id = self.seqs.iter().position(Option::is_none).unwrap_or(self.seqs.len());
+        let sink = select.sink();
+        let heads = (0..hkv)
+            .map(|h| {
+                let mut kv = HeadKv::with_capacity(d, prompt)?;
+                let rows = |src: &[f32]| -> Vec<f32> {
+                    (0..prompt).flat_map(|t| &src[(t * hkv + h) * d..(t * hkv + h + 1) * d]).copied().collect()
+                };
+                kv.extend(&rows(input.keys), &rows(input.values))?;
+                let seed = derive_seed(select.seed(), &[cfg.layer() as u64, h as u64]);
+                Ok(HeadState {
+                    kv,
+                    selector: new_selector(select, seed),
+                    selections: vec![Vec::new(); select.gqa().selections_per_group(cfg.group())],
+                    probs: Vec::new(),
+                })
+            })
+            .collect::<Result<Vec<_>, AttnError>>()?;
+        let mut state = SeqState { heads, clustered_end: prompt.max(sink) as u32 };
+        if let (Some(queries), Some(out)) = (input.queries, out) {
+            self.prefill_attention(&mut state, queries, out);
+        }
+        let prompt = prompt as u32;
+        state.heads.par_iter_mut().try_for_each(|head| {
+            head.selector.grow(head.kv.keys(), d, sink as u32..prompt.max(sink as u32), Growth::Prompt)
+        })?;
+        match self.seqs.get_mut(id) {
+            Some(slot) => *slot = Some(state),
+            None => self.seqs.push(Some(state)),
+        }
+        Ok(SeqId(id))
+    }
+
+    /// Dense causal attention over the prompt, parallel over query heads; every selector
+    /// observes the attention its tokens received (summed over queries and the group).
+    fn prefill_attention(&self, state: &mut SeqState<E>, queries: &[f32], out: &mut [f32]) {
+        let cfg = &self.config;
+        let (hq, d, g) = (cfg.n_q_heads(), cfg.head_dim(), cfg.group());
+        let prompt = state.len();
+        let per_head: Vec<(Vec<f32>, Vec<f32>)> = (0..hq)
+            .into_par_iter()
+            .map(|h| {
+                let kv = &state.heads[h / g].kv;
+                let (mut probs, mut outs, mut received) = (Vec::new(), vec![0.0; prompt * d], vec![0.0f32; prompt]);
+                for (t, o) in outs.chunks_exact_mut(d).enumerate() {
+                    let q = &queries[(t * hq + h) * d..(t * hq + h + 1) * d];
+                    attend_rows(q, kv.keys(), kv.values(), 0..=t, cfg.scale(), &mut probs, o);
+                    for (r, p) in received.iter_mut().zip(&probs) {
+                        *r += p;
+                    }
+                }
+                (outs, received)
+            })
+            .collect();
+        let ids: Vec<u32> = (0..prompt as u32).collect();
+        for (h, (outs, received)) in per_head.iter().enumerate() {
+            for (t, o) in outs.chunks_exact(d).enumerate() {
+                out[(t * hq + h) * d..(t * hq + h + 1) * d].copy_from_slice(o);
+            }
+            state.heads[h / g].selector.observe(&ids, received);
+        }
+    }
+
+    /// Decodes one new token for each sequence of `batch` (distinct sequences, any subset,
+    /// any lengths): appends its K/V, re-clusters a full tail window, selects, attends.
+    /// Writes `[batch.len(), Hq, d]` into `out`. On error nothing has changed.
+    pub fn decode(&mut self, batch: &[DecodeInput<'_>], out: &mut [f32]) -> Result<(), AttnError> {
+        let cfg = &self.config;
+        let (hq, hkv, d) = (cfg.n_q_heads(), cfg.n_kv_heads(), cfg.head_dim());
+        if out.len() != batch.len() * hq * d {
+            return Err(AttnError::Shape { what: "out", expected: batch.len() * hq * d, given: out.len() });
+        }
+        self.batch_slot.clear();
+        self.batch_slot.resize(self.seqs.len(), usize::MAX);
+        for (b, input) in batch.iter().enumerate() {
+            let state = self.seqs.get(input.seq.0).and_then(Option::as_ref);
+            let state = state.ok_or(AttnError::UnknownSequence(input.seq))?;
+            if self.batch_slot[input.seq.0] != usize::MAX {
+                return Err(AttnError::DuplicateSequence(input.seq));
+            }
+            self.batch_slot[input.seq.0] = b;
+            check_input("query", input.query, hq * d)?;
+            check_input("key", input.key, hkv * d)?;
+            check_input("value", input.value, hkv * d)?;
+            if let Some(max_context) = cfg.select().max_context()
+                && state.len() + 1 > max_context
+            {
+                let context = state.len() + 1;
+                return Err(ckv_select::SelectError::ContextTooLong { context, max_context }.into());
+            }
+        }
+        let mut work: Vec<Option<&mut SeqState<E>>> = batch.iter().map(|_| None).collect();
+        for (state, &b) in self.seqs.iter_mut().zip(&self.batch_slot) {
+            if b != usize::MAX {
+                work[b] = state.as_mut();
+            }
+        }
+        work.into_par_iter().zip(batch).zip(out.par_chunks_mut(hq * d)).try_for_each(|((state, input), out)| {
+            let state = state.ok_or(AttnError::UnknownSequence(input.seq))?;
+            decode_one(cfg, state, input, out)
+        })?;
+        Ok(())
+    }
+
+    fn state(&self, seq: SeqId) -> Result<&SeqState<E>, AttnError> {
+        self.seqs.get(seq.0).and_then(Option::as_ref).ok_or(AttnError::UnknownSequence(seq))
+    }
+
+    /// Removes a sequence and frees its KV; its id may be reused by a later prefill.
+    pub fn remove(&mut self, seq: SeqId) -> Result<(), AttnError> {
+        self.state(seq)?;
+        self.seqs[seq.0] = None;
+        Ok(())
+    }
+
+    /// Tokens stored for `seq`.
+    pub fn len(&self, seq: SeqId) -> Result<usize, AttnError> {
+        Ok(self.state(seq)?.len())
+    }
+
+    /// The regions of `seq`'s last stored token (after prefill: as a step at position `P`
+    /// would see them before any re-clustering).
+    pub fn regions(&self, seq: SeqId) -> Result<Regions, AttnError> {
+        let state = self.state(seq)?;
+        let sink = self.config.select().sink() as u32;
+        Ok(Regions::new(sink, state.clustered_end, state.len().saturating_sub(1) as u32)?)
+    }
+
+    /// The sorted ids that query head `q_head` of `seq` attended to in the last decode step
+    /// (empty before the first one).
+    pub fn selection(&self, seq: SeqId, q_head: usize) -> Result<&[u32], AttnError> {
+        let state = self.state(seq)?;
+        let cfg = &self.config;
+        let head = state.heads.get(q_head / cfg.group()).ok_or_else(|| AttnError::InvalidConfig {
+            name: "q_head",
+            value: q_head.to_string(),
+            expected: format!("below {}", cfg.n_q_heads()),
+        })?;
+        let which = match cfg.select().gqa() {
+            GqaPolicy::PerQueryHead => q_head % cfg.group(),
+            GqaPolicy::PerKvHead => 0,
+        };
+        Ok(&head.selections[which])
+    }
+
+    /// The host KV of (`seq`, `kv_head`).
+    pub fn kv(&self, seq: SeqId, kv_head: usize) -> Result<&HeadKv<E>, AttnError> {
+        Ok(&self.head(seq, kv_head)?.kv)
+    }
+
+    /// The cluster index of (`seq`, `kv_head`): `None` for methods that keep none.
+    pub fn index(&self, seq: SeqId, kv_head: usize) -> Result<Option<&ClusterIndex>, AttnError> {
+        Ok(self.head(seq, kv_head)?.selector.index())
+    }
+
+    fn head(&self, seq: SeqId, kv_head: usize) -> Result<&HeadState<E>, AttnError> {
+        let n = self.config.n_kv_heads();
+        self.state(seq)?.heads.get(kv_head).ok_or_else(|| AttnError::InvalidConfig {
+            name: "kv_head",
+            value: kv_head.to_string(),
+            expected: format!("below {n}"),
+        })
+    }
+}
+
+/// One decode step of one sequence, parallel over its KV heads.
+fn decode_one<E: Element>(
+    cfg: &ValidPipelineConfig,
+    state: &mut SeqState<E>,
+    input: &DecodeInput<'_>,
+    out: &mut [f32],
+) -> Result<(), AttnError> {
+    let (d, g, select) = (cfg.head_dim(), cfg.group(), cfg.select());
+    let t = state.len() as u32;
+    let c = state.clustered_end;
+    // The tail [c, t) is full: cluster it alone and append its clusters.
+    let grow = t >= c && (t - c) as usize == select.window();
+    let clustered_end = if grow { t } else { c };
+    let regions = Regions::new(select.sink() as u32, clustered_end, t)?;
+    state
+        .heads
+        .par_iter_mut()
+        .zip(input.key.par_chunks(d))
+        .zip(input.value.par_chunks(d))
+        .zip(input.query.par_chunks(g * d))
+        .zip(out.par_chunks_mut(g * d))
+        .try_for_each(|((((head, key), value), queries), out)| {
+            head.kv.append(key, value)?;
+            if grow {
+                head.selector.grow(head.kv.keys(), d, c..t, Growth::Window)?;
+            }
+            let step = StepCtx { queries, n_queries: g, keys: head.kv.keys(), d, regions };
+            select_group(head.selector.as_mut(), select, &step, &mut head.selections)?;
+            let shared = head.selections.len() == 1;
+            for (j, (q, o)) in queries.chunks_exact(d).zip(out.chunks_exact_mut(d)).enumerate() {
+                let ids = &head.selections[if shared { 0 } else { j }];
+                sparse_attention(q, head.kv.keys(), head.kv.values(), ids, cfg.scale(), &mut head.probs, o);
+                head.selector.observe(ids, &head.probs);
+            }
+            Ok::<(), AttnError>(())
+        })?;
+    state.clustered_end = clustered_end;
+    Ok(())
+}

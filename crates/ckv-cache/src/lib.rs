@@ -1,0 +1,238 @@
+//! KV storage tiers of ClusterKV.
+//!
+//! Today this crate holds the host tier: [`HeadKv`], the full key and value rows of one
+//! (sequence, layer, KV head), appended token by token and gathered by token ids. Nothing
+//! is ever evicted, so any token can be recalled later. The device working set and the
+//! offload policy arrive in a later release.
+//!
+//! ```
+//! use ckv_cache::HeadKv;
+//! use half::f16;
+//!
+//! let mut kv = HeadKv::<f16>::new(2).unwrap();
+//! kv.extend(&[1.0, 2.0, 3.0, 4.0], &[5.0, 6.0, 7.0, 8.0]).unwrap();
+//! kv.append(&[9.0, 10.0], &[11.0, 12.0]).unwrap();
+//! assert_eq!(kv.len(), 3);
+//! let (mut k, mut v) = (vec![f16::ZERO; 4], vec![f16::ZERO; 4]);
+//! kv.gather(&[2, 0], &mut k, &mut v).unwrap();
+//! assert_eq!(k[0].to_f32(), 9.0);
+//! assert_eq!(v[3].to_f32(), 6.0);
+//! ```
+
+use ckv_cluster::Element;
+
+/// Errors of the KV store.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CacheError {
+    /// The head dimension was zero.
+    #[error("head dimension must be at least 1, got 0")]
+    ZeroDim,
+    /// Rows whose length is not what the store expects.
+    #[error("{what}: expected {expected} values, got {given}")]
+    Shape {
+        /// Which argument.
+        what: &'static str,
+        /// Expected length.
+        expected: usize,
+        /// Given length.
+        given: usize,
+    },
+    /// A NaN or an infinity in the rows to store.
+    #[error("{what}: non-finite value {value} at index {index}")]
+    NonFinite {
+        /// Which argument.
+        what: &'static str,
+        /// Flat index of the value.
+        index: usize,
+        /// The value.
+        value: f32,
+    },
+    /// A token id beyond the stored tokens.
+    #[error("token id {id} is out of range: {len} tokens are stored")]
+    TokenOutOfRange {
+        /// The bad id.
+        id: u32,
+        /// Stored tokens.
+        len: usize,
+    },
+}
+
+/// The key and value rows `[tokens, d]` of one (sequence, layer, KV head), host memory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeadKv<E> {
+    d: usize,
+    keys: Vec<E>,
+    values: Vec<E>,
+}
+
+impl<E: Element> HeadKv<E> {
+    /// An empty store for rows of head dimension `d`.
+    pub fn new(d: usize) -> Result<Self, CacheError> {
+        Self::with_capacity(d, 0)
+    }
+
+    /// An empty store with room for `tokens` rows before it reallocates.
+    pub fn with_capacity(d: usize, tokens: usize) -> Result<Self, CacheError> {
+        if d == 0 {
+            return Err(CacheError::ZeroDim);
+        }
+        Ok(Self {
+            d,
+            keys: Vec::with_capacity(tokens * d),
+            values: Vec::with_capacity(tokens * d),
+        })
+    }
+
+    /// Head dimension.
+    pub fn d(&self) -> usize {
+        self.d
+    }
+
+    /// Number of stored tokens.
+    pub fn len(&self) -> usize {
+        self.keys.len() / self.d
+    }
+
+    /// Whether no token is stored.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Appends one token's key and value rows (`d` values each).
+    pub fn append(&mut self, key: &[f32], value: &[f32]) -> Result<(), CacheError> {
+        self.check_row_pair("key", key, value, self.d)?;
+        self.push(key, value);
+        Ok(())
+    }
+
+    /// Appends several tokens, `[n, d]` keys and values.
+    pub fn extend(&mut self, keys: &[f32], values: &[f32]) -> Result<(), CacheError> {
+        if keys.len() % self.d != 0 {
+            return Err(CacheError::Shape {
+                what: "keys",
+                expected: keys.len().div_ceil(self.d) * self.d,
+                given: keys.len(),
+            });
+        }
+        self.check_row_pair("keys", keys, values, keys.len())?;
+        self.push(keys, values);
+        Ok(())
+    }
+
+    fn check_row_pair(
+        &self,
+        what: &'static str,
+        keys: &[f32],
+        values: &[f32],
+        len: usize,
+    ) -> Result<(), CacheError> {
+        for (name, rows) in [(what, keys), ("values", values)] {
+            if rows.len() != len {
+                return Err(CacheError::Shape { what: name, expected: len, given: rows.len() });
+            }
+            if let Some(index) = rows.iter().position(|x| !x.is_finite()) {
+                return Err(CacheError::NonFinite { what: name, index, value: rows[index] });
+            }
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, keys: &[f32], values: &[f32]) {
+        let start = self.keys.len();
+        self.keys.resize(start + keys.len(), E::default());
+        self.values.resize(start + values.len(), E::default());
+        E::from_f32_slice(keys, &mut self.keys[start..]);
+        E::from_f32_slice(values, &mut self.values[start..]);
+    }
+
+    /// All key rows, `[len, d]`.
+    pub fn keys(&self) -> &[E] {
+        &self.keys
+    }
+
+    /// All value rows, `[len, d]`.
+    pub fn values(&self) -> &[E] {
+        &self.values
+    }
+
+    /// Copies the key and value rows of `ids` (in that order) into `keys_out` and
+    /// `values_out`, each `[ids.len(), d]`.
+    pub fn gather(&self, ids: &[u32], keys_out: &mut [E], values_out: &mut [E]) -> Result<(), CacheError> {
+        let want = ids.len() * self.d;
+        for (what, out) in [("keys_out", &*keys_out), ("values_out", &*values_out)] {
+            if out.len() != want {
+                return Err(CacheError::Shape { what, expected: want, given: out.len() });
+            }
+        }
+        let len = self.len();
+        if let Some(&id) = ids.iter().find(|&&id| id as usize >= len) {
+            return Err(CacheError::TokenOutOfRange { id, len });
+        }
+        let d = self.d;
+        for ((&id, k), v) in ids.iter().zip(keys_out.chunks_exact_mut(d)).zip(values_out.chunks_exact_mut(d)) {
+            let row = id as usize * d..(id as usize + 1) * d;
+            k.copy_from_slice(&self.keys[row.clone()]);
+            v.copy_from_slice(&self.values[row]);
+        }
+        Ok(())
+    }
+
+    /// Heap memory held by the store, in bytes.
+    pub fn memory_bytes(&self) -> usize {
+        (self.keys.capacity() + self.values.capacity()) * size_of::<E>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use half::f16;
+
+    #[test]
+    fn append_extend_gather_round_trip() {
+        let mut kv = HeadKv::<f32>::with_capacity(3, 4).unwrap();
+        assert!(kv.is_empty());
+        kv.extend(&[0.0, 1.0, 2.0, 3.0, 4.0, 5.0], &[6.0, 7.0, 8.0, 9.0, 10.0, 11.0]).unwrap();
+        kv.append(&[12.0, 13.0, 14.0], &[15.0, 16.0, 17.0]).unwrap();
+        assert_eq!(kv.len(), 3);
+        let (mut k, mut v) = (vec![0.0; 6], vec![0.0; 6]);
+        kv.gather(&[2, 1], &mut k, &mut v).unwrap();
+        assert_eq!(k, [12.0, 13.0, 14.0, 3.0, 4.0, 5.0]);
+        assert_eq!(v, [15.0, 16.0, 17.0, 9.0, 10.0, 11.0]);
+        assert!(kv.memory_bytes() >= 18 * 4);
+    }
+
+    #[test]
+    fn f16_storage_rounds_to_half() {
+        let mut kv = HeadKv::<f16>::new(1).unwrap();
+        kv.append(&[1.0 / 3.0], &[2.0]).unwrap();
+        assert_eq!(kv.keys()[0], f16::from_f32(1.0 / 3.0));
+    }
+
+    #[test]
+    fn bad_input_gets_typed_errors() {
+        assert_eq!(HeadKv::<f32>::new(0), Err(CacheError::ZeroDim));
+        let mut kv = HeadKv::<f32>::new(2).unwrap();
+        assert_eq!(
+            kv.append(&[1.0], &[1.0, 2.0]),
+            Err(CacheError::Shape { what: "key", expected: 2, given: 1 })
+        );
+        assert_eq!(
+            kv.extend(&[1.0, 2.0, 3.0], &[1.0, 2.0, 3.0]),
+            Err(CacheError::Shape { what: "keys", expected: 4, given: 3 })
+        );
+        assert!(matches!(
+            kv.append(&[1.0, 2.0], &[f32::NAN, 0.0]),
+            Err(CacheError::NonFinite { what: "values", index: 0, .. })
+        ));
+        assert!(matches!(
+            kv.append(&[f32::INFINITY, 2.0], &[0.0, 0.0]),
+            Err(CacheError::NonFinite { what: "key", index: 0, .. })
+        ));
+        assert!(kv.is_empty(), "a rejected append stores nothing");
+        kv.append(&[1.0, 2.0], &[3.0, 4.0]).unwrap();
+        let (mut k, mut v) = (vec![0.0; 2], vec![0.0; 2]);
+        assert_eq!(kv.gather(&[1], &mut k, &mut v), Err(CacheError::TokenOutOfRange { id: 1, len: 1 }));
+        assert!(matches!(kv.gather(&[0], &mut k[..1], &mut v), Err(CacheError::Shape { .. })));
+    }
+}

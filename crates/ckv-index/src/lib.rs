@@ -1,0 +1,246 @@
+//! The cluster index of ClusterKV: stage 2 of cluster -> **index** -> select -> attend.
+//!
+//! One [`ClusterIndex`] per (sequence, layer, KV head) stores the clustered keys in a CSR
+//! layout: centroids `[C, d]` (f32), sizes `[C]`, offsets `[C + 1]` (prefix sums of the
+//! sizes) and members `[n]` (absolute token ids grouped by cluster, ascending inside each
+//! cluster). The prompt's clustering builds it; every decode window's clustering is
+//! appended to it; old clusters are never re-clustered.
+//!
+//! ```
+//! use ckv_cluster::{kmeans, ClusterParams};
+//! use ckv_index::ClusterIndex;
+//!
+//! let d = 2;
+//! let keys = [1.0f32, 0.0, 0.9, 0.1, 0.0, 1.0, 0.1, 0.9];
+//! let params = ClusterParams::new(2).seed(7).validate().unwrap();
+//! let clustering = kmeans(&params, &keys, d).unwrap();
+//! let mut index = ClusterIndex::new(d).unwrap();
+//! // The four rows are the tokens 16..20 (after a sink of 16 tokens).
+//! index.append(&clustering, 16).unwrap();
+//! assert_eq!(index.n_clusters(), 2);
+//! assert_eq!(index.n_tokens(), 4);
+//! let mut all: Vec<u32> = (0..2).flat_map(|c| index.members_of(c).to_vec()).collect();
+//! all.sort();
+//! assert_eq!(all, vec![16, 17, 18, 19]);
+//! ```
+
+use ckv_cluster::Clustering;
+
+/// Errors of the cluster index.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum IndexError {
+    /// The head dimension was zero.
+    #[error("head dimension must be at least 1, got 0")]
+    ZeroDim,
+    /// A clustering of another head dimension was appended.
+    #[error("clustering has head dimension {given}, the index has {expected}")]
+    DimMismatch {
+        /// The index's head dimension.
+        expected: usize,
+        /// The clustering's head dimension.
+        given: usize,
+    },
+    /// A clustering whose arrays disagree with each other.
+    #[error("malformed clustering: {0}")]
+    Malformed(&'static str),
+    /// Token ids would not fit in `u32`.
+    #[error("token id {first_token} + {rows} rows overflows u32")]
+    TokenOverflow {
+        /// The first token id of the appended rows.
+        first_token: u32,
+        /// The number of appended rows.
+        rows: usize,
+    },
+}
+
+/// The CSR index of the clustered keys of one (sequence, layer, KV head).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterIndex {
+    d: usize,
+    centroids: Vec<f32>,
+    sizes: Vec<u32>,
+    offsets: Vec<u32>,
+    members: Vec<u32>,
+}
+
+impl ClusterIndex {
+    /// An empty index for keys of head dimension `d`.
+    pub fn new(d: usize) -> Result<Self, IndexError> {
+        if d == 0 {
+            return Err(IndexError::ZeroDim);
+        }
+        Ok(Self {
+            d,
+            centroids: Vec::new(),
+            sizes: Vec::new(),
+            offsets: vec![0],
+            members: Vec::new(),
+        })
+    }
+
+    /// Appends the clusters of `clustering`, whose row `i` is the token `first_token + i`.
+    ///
+    /// The new clusters get the ids `n_clusters()..n_clusters() + clustering.n_clusters()`;
+    /// their members are listed in ascending token order.
+    pub fn append(&mut self, clustering: &Clustering, first_token: u32) -> Result<(), IndexError> {
+        if clustering.d != self.d {
+            return Err(IndexError::DimMismatch { expected: self.d, given: clustering.d });
+        }
+        let k = clustering.sizes.len();
+        if clustering.centroids.len() != k * self.d {
+            return Err(IndexError::Malformed("centroids are not [sizes.len(), d]"));
+        }
+        let rows = clustering.labels.len();
+        if first_token.checked_add(u32::try_from(rows).unwrap_or(u32::MAX)).is_none() {
+            return Err(IndexError::TokenOverflow { first_token, rows });
+        }
+        // Check everything before mutating, so that an error leaves the index unchanged.
+        let mut counts = vec![0u32; k];
+        for &label in &clustering.labels {
+            *counts
+                .get_mut(label as usize)
+                .ok_or(IndexError::Malformed("a label is not below the number of clusters"))? += 1;
+        }
+        if counts != clustering.sizes {
+            return Err(IndexError::Malformed("sizes disagree with the labels"));
+        }
+        // Counting sort of the rows by label; stable, so members ascend inside a cluster.
+        let base = self.members.len();
+        let mut cursor = Vec::with_capacity(k);
+        let mut next = base;
+        for &size in &clustering.sizes {
+            cursor.push(next);
+            next += size as usize;
+        }
+        self.members.resize(next, 0);
+        for (row, &label) in clustering.labels.iter().enumerate() {
+            let slot = &mut cursor[label as usize];
+            // `first_token + rows` fits in u32 (checked above).
+            self.members[*slot] = first_token + row as u32;
+            *slot += 1;
+        }
+        self.centroids.extend_from_slice(&clustering.centroids);
+        let mut end = *self.offsets.last().unwrap_or(&0);
+        for &size in &clustering.sizes {
+            end += size;
+            self.sizes.push(size);
+            self.offsets.push(end);
+        }
+        Ok(())
+    }
+
+    /// Head dimension of the keys.
+    pub fn d(&self) -> usize {
+        self.d
+    }
+
+    /// Number of clusters.
+    pub fn n_clusters(&self) -> usize {
+        self.sizes.len()
+    }
+
+    /// Number of clustered tokens.
+    pub fn n_tokens(&self) -> usize {
+        self.members.len()
+    }
+
+    /// All centroids, `[C, d]` row-major.
+    pub fn centroids(&self) -> &[f32] {
+        &self.centroids
+    }
+
+    /// The centroid of cluster `c`.
+    ///
+    /// # Panics
+    /// If `c >= n_clusters()`.
+    pub fn centroid(&self, c: usize) -> &[f32] {
+        &self.centroids[c * self.d..(c + 1) * self.d]
+    }
+
+    /// Cluster sizes, `[C]`.
+    pub fn sizes(&self) -> &[u32] {
+        &self.sizes
+    }
+
+    /// Prefix sums of the sizes, `[C + 1]`, starting at 0.
+    pub fn offsets(&self) -> &[u32] {
+        &self.offsets
+    }
+
+    /// Token ids grouped by cluster, `[n]`.
+    pub fn members(&self) -> &[u32] {
+        &self.members
+    }
+
+    /// The token ids of cluster `c`, ascending.
+    ///
+    /// # Panics
+    /// If `c >= n_clusters()`.
+    pub fn members_of(&self, c: usize) -> &[u32] {
+        &self.members[self.offsets[c] as usize..self.offsets[c + 1] as usize]
+    }
+
+    /// Heap memory held by the index, in bytes.
+    pub fn memory_bytes(&self) -> usize {
+        self.centroids.capacity() * size_of::<f32>()
+            + (self.sizes.capacity() + self.offsets.capacity() + self.members.capacity())
+                * size_of::<u32>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clustering(labels: Vec<u32>, k: usize, d: usize) -> Clustering {
+        let mut sizes = vec![0u32; k];
+        for &l in &labels {
+            sizes[l as usize] += 1;
+        }
+        Clustering {
+            d,
+            labels,
+            centroids: (0..k * d).map(|i| i as f32).collect(),
+            sizes,
+            iterations: 1,
+            objective: 0.0,
+            objective_history: vec![0.0],
+        }
+    }
+
+    #[test]
+    fn append_builds_csr_and_keeps_token_order() {
+        let mut index = ClusterIndex::new(2).unwrap();
+        index.append(&clustering(vec![1, 0, 1, 1, 0], 3, 2), 10).unwrap();
+        assert_eq!(index.sizes(), &[2, 3, 0]);
+        assert_eq!(index.offsets(), &[0, 2, 5, 5]);
+        assert_eq!(index.members(), &[11, 14, 10, 12, 13]);
+        index.append(&clustering(vec![0, 0], 1, 2), 15).unwrap();
+        assert_eq!(index.n_clusters(), 4);
+        assert_eq!(index.members_of(3), &[15, 16]);
+        assert_eq!(index.centroid(3), &[0.0, 1.0]);
+        assert_eq!(index.n_tokens(), 7);
+        assert!(index.memory_bytes() >= (8 * 4) + (4 + 5 + 7) * 4);
+    }
+
+    #[test]
+    fn rejects_bad_clusterings() {
+        assert_eq!(ClusterIndex::new(0), Err(IndexError::ZeroDim));
+        let mut index = ClusterIndex::new(2).unwrap();
+        let wrong_d = clustering(vec![0], 1, 3);
+        assert_eq!(
+            index.append(&wrong_d, 0),
+            Err(IndexError::DimMismatch { expected: 2, given: 3 })
+        );
+        let mut bad = clustering(vec![0, 1], 2, 2);
+        bad.labels[1] = 5;
+        assert!(matches!(index.append(&bad, 0), Err(IndexError::Malformed(_))));
+        let mut bad_sizes = clustering(vec![0, 1], 2, 2);
+        bad_sizes.sizes = vec![2, 1];
+        assert!(matches!(index.append(&bad_sizes, 0), Err(IndexError::Malformed(_))));
+        assert!(matches!(
+            index.append(&clustering(vec![0, 0], 1, 2), u32::MAX - 1),
+            Err(IndexError::TokenOverflow { .. })
+        ));
+    }
+}

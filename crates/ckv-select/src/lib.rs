@@ -1,0 +1,64 @@
+//! KV selection for ClusterKV and its baselines: stage 3 of cluster -> index -> **select**
+//! -> attend.
+//!
+//! Every method implements [`Selector`] for one (sequence, layer, KV head) and is driven
+//! by [`select_step`] / [`select_group`], the one place where the budget rule of DESIGN
+//! section 4 and the GQA policy apply: the step attends to the sink, `min(B - s - |tail| -
+//! 1, c - s)` clustered tokens chosen by the method, the tail and the current token,
+//! `min(B, t + 1)` ids in all, sorted and unique. Methods: [`Method::Dense`],
+//! [`Method::Oracle`], [`Method::ClusterKv`], [`Method::Quest`], [`Method::StreamingLlm`],
+//! [`Method::H2o`].
+//!
+//! ```
+//! use ckv_select::{Growth, Method, Regions, SelectParams, StepCtx, new_selector, select_step};
+//!
+//! let d = 4;
+//! let keys: Vec<f32> = (0..200 * d).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
+//! let params = SelectParams::new(Method::ClusterKv).budget(64).sink(4).validate().unwrap();
+//! let mut selector = new_selector::<f32>(&params, 1);
+//! // A prompt of 150 tokens: the sink is [0, 4), the clustered region [4, 150).
+//! selector.grow(&keys, d, 4..150, Growth::Prompt).unwrap();
+//! let step = StepCtx {
+//!     queries: &[1.0, 0.0, 0.0, 0.0],
+//!     n_queries: 1,
+//!     keys: &keys,
+//!     d,
+//!     regions: Regions::new(4, 150, 160).unwrap(),
+//! };
+//! let mut ids = Vec::new();
+//! select_step(selector.as_mut(), &params, &step, &mut ids).unwrap();
+//! assert_eq!(ids.len(), 64);
+//! assert!(ids.windows(2).all(|w| w[0] < w[1]));
+//! assert_eq!(ids.last(), Some(&160));
+//! ```
+
+mod error;
+mod methods;
+mod params;
+mod rank;
+mod regions;
+mod selector;
+
+pub use error::SelectError;
+pub use methods::{
+    ClusterKvSelector, DenseSelector, H2oSelector, OracleSelector, QuestSelector, StreamingLlmSelector,
+    new_selector,
+};
+pub use params::{GqaPolicy, Method, SelectParams, ValidSelectParams};
+pub use rank::{partition_top, rank_descending, take_units};
+pub use regions::Regions;
+pub use selector::{Growth, Selector, StepCtx, select_group, select_step};
+
+/// A seed for one clustering derived from a base seed and identifying parts (layer, KV
+/// head, clustering number), mixed with SplitMix64 so that nearby inputs give unrelated
+/// seeds. It never depends on a sequence's place in a batch.
+pub fn derive_seed(base: u64, parts: &[u64]) -> u64 {
+    parts.iter().fold(splitmix64(base), |acc, &p| splitmix64(acc ^ splitmix64(p)))
+}
+
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}

@@ -1,0 +1,25 @@
+//! Dense attention: every token.
+
+use std::ops::Range;
+
+use ckv_cluster::Element;
+
+use crate::{Growth, Method, SelectError, Selector, StepCtx};
+
+/// Attends to every token; the budget does not apply.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DenseSelector;
+
+impl<E: Element> Selector<E> for DenseSelector {
+    fn method(&self) -> Method {
+        Method::Dense
+    }
+
+    fn grow(&mut self, _: &[E], _: usize, _: Range<u32>, _: Growth) -> Result<(), SelectError> {
+        Ok(())
+    }
+
+    fn choose(&mut self, step: &StepCtx<'_, E>, count: usize, out: &mut Vec<u32>) {
+        out.extend(step.regions.clustered().take(count));
+    }
+}

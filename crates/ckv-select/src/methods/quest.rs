@@ -1,0 +1,99 @@
+//! Quest: pages ranked by an upper bound of `q · k` from per-page min and max keys.
+
+use std::ops::Range;
+
+use ckv_cluster::Element;
+
+use crate::rank::{rank_descending, take_units};
+use crate::{Growth, Method, SelectError, Selector, StepCtx};
+
+/// Splits the clustered region `[s, c)` into pages of `page_size` tokens, keeps the
+/// element-wise min and max key of each page, scores a page by
+/// `sum_i max(q_i * max_i, q_i * min_i)` (summed over the query rows) and takes the best
+/// pages, the last one cut.
+#[derive(Debug, Clone)]
+pub struct QuestSelector {
+    page_size: usize,
+    /// First token of page 0 (`s`), set by the first growth.
+    start: Option<u32>,
+    /// End of the paged region (`c`).
+    end: u32,
+    d: usize,
+    mins: Vec<f32>,
+    maxs: Vec<f32>,
+    scores: Vec<f32>,
+    order: Vec<u32>,
+}
+
+impl QuestSelector {
+    /// A selector with pages of `page_size` tokens.
+    pub fn new(page_size: usize) -> Self {
+        Self {
+            page_size: page_size.max(1),
+            start: None,
+            end: 0,
+            d: 0,
+            mins: Vec::new(),
+            maxs: Vec::new(),
+            scores: Vec::new(),
+            order: Vec::new(),
+        }
+    }
+
+    fn page(&self, start: u32, p: u32) -> Range<u32> {
+        let first = start + p * self.page_size as u32;
+        first..(first + self.page_size as u32).min(self.end)
+    }
+}
+
+impl<E: Element> Selector<E> for QuestSelector {
+    fn method(&self) -> Method {
+        Method::Quest
+    }
+
+    fn grow(&mut self, keys: &[E], d: usize, tokens: Range<u32>, _: Growth) -> Result<(), SelectError> {
+        let start = *self.start.get_or_insert(tokens.start);
+        self.d = d;
+        self.end = tokens.end;
+        // Recompute from the page holding the first new token (it may be a partial page).
+        let first_page = ((tokens.start - start) as usize / self.page_size) as u32;
+        let pages = (self.end - start).div_ceil(self.page_size as u32);
+        self.mins.truncate(first_page as usize * d);
+        self.maxs.truncate(first_page as usize * d);
+        for p in first_page..pages {
+            let (lo, hi) = (self.mins.len(), self.maxs.len());
+            self.mins.resize(lo + d, f32::INFINITY);
+            self.maxs.resize(hi + d, f32::NEG_INFINITY);
+            for t in self.page(start, p) {
+                let key = &keys[t as usize * d..(t as usize + 1) * d];
+                for ((mn, mx), &k) in self.mins[lo..].iter_mut().zip(&mut self.maxs[hi..]).zip(key) {
+                    let k = k.to_f32();
+                    *mn = mn.min(k);
+                    *mx = mx.max(k);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn choose(&mut self, step: &StepCtx<'_, E>, count: usize, out: &mut Vec<u32>) {
+        let d = self.d;
+        let start = self.start.unwrap_or(step.regions.clustered().start);
+        self.scores.clear();
+        for (mins, maxs) in self.mins.chunks_exact(d).zip(self.maxs.chunks_exact(d)) {
+            let score = step
+                .queries
+                .chunks_exact(d)
+                .map(|q| {
+                    q.iter()
+                        .zip(mins.iter().zip(maxs))
+                        .map(|(&qi, (&mn, &mx))| (qi * mx).max(qi * mn))
+                        .sum::<f32>()
+                })
+                .sum();
+            self.scores.push(score);
+        }
+        rank_descending(&self.scores, &mut self.order);
+        take_units(&self.order, count, |p| self.page(start, p), out);
+    }
+}

@@ -1,0 +1,359 @@
+//! Selection parameters, validated once into [`ValidSelectParams`].
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::SelectError;
+
+/// A KV selection method. Every method gets the same budget, sink and tail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Method {
+    /// Attend to every token (exact); ignores the budget.
+    Dense,
+    /// Exact top-k by `q · k`: the upper bound of any selection.
+    Oracle,
+    /// ClusterKV: rank clusters by `q · centroid`, take whole clusters up to the budget.
+    ClusterKv,
+    /// Quest: pages of tokens ranked by an upper bound of `q · k` from per-page min/max keys.
+    Quest,
+    /// StreamingLLM: the sink and the most recent tokens.
+    StreamingLlm,
+    /// H2O: heavy hitters by accumulated attention; evicted tokens never return.
+    H2o,
+}
+
+impl Method {
+    /// Every method, dense first.
+    pub const ALL: [Method; 6] = [
+        Method::Dense,
+        Method::Oracle,
+        Method::ClusterKv,
+        Method::Quest,
+        Method::StreamingLlm,
+        Method::H2o,
+    ];
+
+    /// The method's name as the CLI spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Dense => "dense",
+            Method::Oracle => "oracle",
+            Method::ClusterKv => "clusterkv",
+            Method::Quest => "quest",
+            Method::StreamingLlm => "streamingllm",
+            Method::H2o => "h2o",
+        }
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Method {
+    type Err = SelectError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Method::ALL
+            .into_iter()
+            .find(|m| m.name() == s.to_ascii_lowercase())
+            .ok_or_else(|| SelectError::UnknownMethod(s.to_owned()))
+    }
+}
+
+/// How query heads that share a KV head (GQA) select.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum GqaPolicy {
+    /// Each query head selects on its own (the paper's way).
+    #[default]
+    PerQueryHead,
+    /// One selection per KV head from the group's summed scores; the KV is read once.
+    PerKvHead,
+}
+
+impl GqaPolicy {
+    /// The policy's name as the CLI spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            GqaPolicy::PerQueryHead => "per-query-head",
+            GqaPolicy::PerKvHead => "per-kv-head",
+        }
+    }
+
+    /// Selections made per KV head whose group has `group` query heads.
+    pub fn selections_per_group(self, group: usize) -> usize {
+        match self {
+            GqaPolicy::PerQueryHead => group,
+            GqaPolicy::PerKvHead => 1,
+        }
+    }
+}
+
+impl fmt::Display for GqaPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for GqaPolicy {
+    type Err = SelectError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [GqaPolicy::PerQueryHead, GqaPolicy::PerKvHead]
+            .into_iter()
+            .find(|p| p.name() == s.to_ascii_lowercase())
+            .ok_or_else(|| SelectError::UnknownGqaPolicy(s.to_owned()))
+    }
+}
+
+/// Selection parameters (DESIGN section 4). Build with the setters, then
+/// [`validate`](SelectParams::validate).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SelectParams {
+    method: Method,
+    budget: usize,
+    sink: usize,
+    tokens_per_cluster: usize,
+    max_iters: usize,
+    window: Option<usize>,
+    window_clusters: Option<usize>,
+    quest_page_size: usize,
+    gqa: GqaPolicy,
+    max_context: Option<usize>,
+    seed: u64,
+}
+
+impl Default for SelectParams {
+    fn default() -> Self {
+        Self::new(Method::ClusterKv)
+    }
+}
+
+macro_rules! setter {
+    ($(#[$doc:meta])* $name:ident: $ty:ty) => {
+        $(#[$doc])*
+        pub fn $name(mut self, $name: $ty) -> Self {
+            self.$name = $name;
+            self
+        }
+    };
+}
+
+impl SelectParams {
+    /// Defaults of DESIGN section 4 for `method`: budget 1024, sink 16, 80 tokens per
+    /// cluster, 20 k-means iterations, window and window clusters derived from the budget,
+    /// Quest pages of 16, seed 0.
+    pub fn new(method: Method) -> Self {
+        Self {
+            method,
+            budget: 1024,
+            sink: 16,
+            tokens_per_cluster: 80,
+            max_iters: 20,
+            window: None,
+            window_clusters: None,
+            quest_page_size: 16,
+            gqa: GqaPolicy::default(),
+            max_context: None,
+            seed: 0,
+        }
+    }
+
+    setter!(
+        /// The method.
+        method: Method
+    );
+    setter!(
+        /// Budget `B`: KV entries one head attends to per step, sink, tail and current included.
+        budget: usize
+    );
+    setter!(
+        /// Sink length `s`.
+        sink: usize
+    );
+    setter!(
+        /// Prompt tokens per cluster: `C0 = ceil((P - s) / tokens_per_cluster)`.
+        tokens_per_cluster: usize
+    );
+    setter!(
+        /// k-means iterations at most.
+        max_iters: usize
+    );
+    setter!(
+        /// The GQA policy.
+        gqa: GqaPolicy
+    );
+    setter!(
+        /// Tokens per Quest page.
+        quest_page_size: usize
+    );
+    setter!(
+        /// Base seed of every clustering.
+        seed: u64
+    );
+
+    /// Tail length that triggers re-clustering; default `min(320, (B - s) / 2)`.
+    pub fn window(mut self, window: usize) -> Self {
+        self.window = Some(window);
+        self
+    }
+
+    /// Clusters per window; default `max(1, round(4 * window / 320))`.
+    pub fn window_clusters(mut self, window_clusters: usize) -> Self {
+        self.window_clusters = Some(window_clusters);
+        self
+    }
+
+    /// The longest context these parameters will see. When it fits the budget, every step is
+    /// dense and the window needs no room in the budget.
+    pub fn max_context(mut self, max_context: usize) -> Self {
+        self.max_context = Some(max_context);
+        self
+    }
+
+    /// Checks the parameters and resolves the derived ones.
+    pub fn validate(self) -> Result<ValidSelectParams, SelectError> {
+        let bad = |name: &'static str, value: usize, expected: String| SelectError::InvalidParam {
+            name,
+            value: value.to_string(),
+            expected,
+        };
+        if self.budget <= self.sink {
+            return Err(bad(
+                "budget",
+                self.budget,
+                format!("more than the sink ({}): room for the current token", self.sink),
+            ));
+        }
+        if self.tokens_per_cluster == 0 {
+            return Err(bad("tokens_per_cluster", 0, "at least 1".into()));
+        }
+        if self.quest_page_size == 0 {
+            return Err(bad("quest_page_size", 0, "at least 1".into()));
+        }
+        let room = self.budget - self.sink;
+        let window = self.window.unwrap_or((room / 2).clamp(1, 320));
+        if window == 0 {
+            return Err(bad("window", 0, "at least 1".into()));
+        }
+        let window_clusters = self
+            .window_clusters
+            .unwrap_or(((4 * window) as f64 / 320.0).round().max(1.0) as usize);
+        if window_clusters == 0 || window_clusters > window {
+            return Err(bad("window_clusters", window_clusters, format!("1 to the window ({window})")));
+        }
+        let fits = self.max_context.is_some_and(|m| m <= self.budget);
+        if !fits && self.budget < self.sink + window + 1 {
+            return Err(bad(
+                "budget",
+                self.budget,
+                format!(
+                    "at least sink + window + 1 = {} (sink {}, window {window}) unless the whole context fits the budget",
+                    self.sink + window + 1,
+                    self.sink
+                ),
+            ));
+        }
+        Ok(ValidSelectParams { params: self, window, window_clusters })
+    }
+}
+
+/// Checked selection parameters; only [`SelectParams::validate`] makes them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidSelectParams {
+    params: SelectParams,
+    window: usize,
+    window_clusters: usize,
+}
+
+impl ValidSelectParams {
+    /// The method.
+    pub fn method(&self) -> Method {
+        self.params.method
+    }
+    /// Budget `B`.
+    pub fn budget(&self) -> usize {
+        self.params.budget
+    }
+    /// Sink length `s`.
+    pub fn sink(&self) -> usize {
+        self.params.sink
+    }
+    /// Prompt tokens per cluster.
+    pub fn tokens_per_cluster(&self) -> usize {
+        self.params.tokens_per_cluster
+    }
+    /// k-means iterations at most.
+    pub fn max_iters(&self) -> usize {
+        self.params.max_iters
+    }
+    /// Tail length that triggers re-clustering.
+    pub fn window(&self) -> usize {
+        self.window
+    }
+    /// Clusters per window.
+    pub fn window_clusters(&self) -> usize {
+        self.window_clusters
+    }
+    /// Tokens per Quest page.
+    pub fn quest_page_size(&self) -> usize {
+        self.params.quest_page_size
+    }
+    /// The GQA policy.
+    pub fn gqa(&self) -> GqaPolicy {
+        self.params.gqa
+    }
+    /// The longest context validated for, if one was given.
+    pub fn max_context(&self) -> Option<usize> {
+        self.params.max_context
+    }
+    /// Base seed.
+    pub fn seed(&self) -> u64 {
+        self.params.seed
+    }
+    /// The parameters as given.
+    pub fn params(&self) -> &SelectParams {
+        &self.params
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_derive_window_from_budget() {
+        let p = SelectParams::default().validate().unwrap();
+        assert_eq!((p.window(), p.window_clusters()), (320, 4));
+        let small = SelectParams::default().budget(256).validate().unwrap();
+        assert_eq!((small.window(), small.window_clusters()), (120, 2));
+        let tiny = SelectParams::default().budget(20).validate().unwrap();
+        assert_eq!((tiny.window(), tiny.window_clusters()), (2, 1));
+    }
+
+    #[test]
+    fn budget_too_small_for_the_window_is_rejected() {
+        let err = SelectParams::default().budget(200).window(320).validate().unwrap_err();
+        assert!(matches!(err, SelectError::InvalidParam { name: "budget", .. }), "{err}");
+        assert!(err.to_string().contains("337"), "{err}");
+        // The same budget is fine when the whole context fits it.
+        SelectParams::default().budget(200).window(320).max_context(200).validate().unwrap();
+        let below_sink = SelectParams::default().budget(16).validate().unwrap_err();
+        assert!(below_sink.to_string().contains("budget = 16"), "{below_sink}");
+        assert!(SelectParams::default().window_clusters(0).validate().is_err());
+        assert!(SelectParams::default().window(3).window_clusters(4).validate().is_err());
+        assert!(SelectParams::default().tokens_per_cluster(0).validate().is_err());
+        assert!(SelectParams::default().quest_page_size(0).validate().is_err());
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for m in Method::ALL {
+            assert_eq!(m.name().parse::<Method>().unwrap(), m);
+        }
+        assert!("bogus".parse::<Method>().is_err());
+        for p in [GqaPolicy::PerQueryHead, GqaPolicy::PerKvHead] {
+            assert_eq!(p.to_string().parse::<GqaPolicy>().unwrap(), p);
+        }
+    }
+}
