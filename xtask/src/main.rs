@@ -1,1 +1,68 @@
-fn main() {}
+//! Project automation, run as `cargo xtask <command>` (see `.cargo/config.toml`).
+//!
+//! - `ci`: rustfmt check, clippy with `-D warnings` on every target, every test.
+//! - `demo`: the main job: the synthetic simulation of every method at 32k context.
+
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "clusterkv-rs automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Format check, clippy (-D warnings, all targets) and every test: what CI runs.
+    Ci,
+    /// Build in release and run the synthetic simulation of every method (32k context,
+    /// budget 1024); extra arguments go to `clusterkv simulate`.
+    Demo {
+        /// Arguments passed to `clusterkv simulate`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Task::Ci => ci(),
+        Task::Demo { args } => demo(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs `cargo` with `args`, echoing the command; fails on a non-zero exit.
+fn cargo(args: &[&str]) -> Result<(), String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("\n$ cargo {}", args.join(" "));
+    let started = Instant::now();
+    let status = Command::new(&cargo).args(args).status().map_err(|e| format!("cannot run {cargo}: {e}"))?;
+    eprintln!("  ({:.0} s)", started.elapsed().as_secs_f64());
+    if status.success() { Ok(()) } else { Err(format!("`cargo {}` failed ({status})", args.join(" "))) }
+}
+
+fn ci() -> Result<(), String> {
+    cargo(&["fmt", "--all", "--", "--check"])?;
+    cargo(&["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"])?;
+    cargo(&["test", "--workspace", "--locked"])?;
+    eprintln!("\nci: all checks passed");
+    Ok(())
+}
+
+fn demo(args: &[String]) -> Result<(), String> {
+    let mut all =
+        vec!["run", "--release", "--locked", "--package", "ckv-sim", "--bin", "clusterkv", "--", "simulate"];
+    all.extend(args.iter().map(String::as_str));
+    cargo(&all)
+}

@@ -114,7 +114,10 @@ impl<E: Element> LayerPipeline<E> {
             .map(|h| {
                 let mut kv = HeadKv::with_capacity(d, prompt)?;
                 let rows = |src: &[f32]| -> Vec<f32> {
-                    (0..prompt).flat_map(|t| &src[(t * hkv + h) * d..(t * hkv + h + 1) * d]).copied().collect()
+                    (0..prompt)
+                        .flat_map(|t| &src[(t * hkv + h) * d..(t * hkv + h + 1) * d])
+                        .copied()
+                        .collect()
                 };
                 kv.extend(&rows(input.keys), &rows(input.values))?;
                 let seed = derive_seed(select.seed(), &[cfg.layer() as u64, h as u64]);
@@ -151,7 +154,8 @@ impl<E: Element> LayerPipeline<E> {
             .into_par_iter()
             .map(|h| {
                 let kv = &state.heads[h / g].kv;
-                let (mut probs, mut outs, mut received) = (Vec::new(), vec![0.0; prompt * d], vec![0.0f32; prompt]);
+                let (mut probs, mut outs, mut received) =
+                    (Vec::new(), vec![0.0; prompt * d], vec![0.0f32; prompt]);
                 for (t, o) in outs.chunks_exact_mut(d).enumerate() {
                     let q = &queries[(t * hq + h) * d..(t * hq + h + 1) * d];
                     attend_rows(q, kv.keys(), kv.values(), 0..=t, cfg.scale(), &mut probs, o);
@@ -205,10 +209,12 @@ impl<E: Element> LayerPipeline<E> {
                 work[b] = state.as_mut();
             }
         }
-        work.into_par_iter().zip(batch).zip(out.par_chunks_mut(hq * d)).try_for_each(|((state, input), out)| {
-            let state = state.ok_or(AttnError::UnknownSequence(input.seq))?;
-            decode_one(cfg, state, input, out)
-        })?;
+        work.into_par_iter().zip(batch).zip(out.par_chunks_mut(hq * d)).try_for_each(
+            |((state, input), out)| {
+                let state = state.ok_or(AttnError::UnknownSequence(input.seq))?;
+                decode_one(cfg, state, input, out)
+            },
+        )?;
         Ok(())
     }
 

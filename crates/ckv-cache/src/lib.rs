@@ -76,11 +76,7 @@ impl<E: Element> HeadKv<E> {
         if d == 0 {
             return Err(CacheError::ZeroDim);
         }
-        Ok(Self {
-            d,
-            keys: Vec::with_capacity(tokens * d),
-            values: Vec::with_capacity(tokens * d),
-        })
+        Ok(Self { d, keys: Vec::with_capacity(tokens * d), values: Vec::with_capacity(tokens * d) })
     }
 
     /// Head dimension.
@@ -169,7 +165,8 @@ impl<E: Element> HeadKv<E> {
             return Err(CacheError::TokenOutOfRange { id, len });
         }
         let d = self.d;
-        for ((&id, k), v) in ids.iter().zip(keys_out.chunks_exact_mut(d)).zip(values_out.chunks_exact_mut(d)) {
+        for ((&id, k), v) in ids.iter().zip(keys_out.chunks_exact_mut(d)).zip(values_out.chunks_exact_mut(d))
+        {
             let row = id as usize * d..(id as usize + 1) * d;
             k.copy_from_slice(&self.keys[row.clone()]);
             v.copy_from_slice(&self.values[row]);

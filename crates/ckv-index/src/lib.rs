@@ -69,13 +69,7 @@ impl ClusterIndex {
         if d == 0 {
             return Err(IndexError::ZeroDim);
         }
-        Ok(Self {
-            d,
-            centroids: Vec::new(),
-            sizes: Vec::new(),
-            offsets: vec![0],
-            members: Vec::new(),
-        })
+        Ok(Self { d, centroids: Vec::new(), sizes: Vec::new(), offsets: vec![0], members: Vec::new() })
     }
 
     /// Appends the clusters of `clustering`, whose row `i` is the token `first_token + i`.
@@ -183,8 +177,7 @@ impl ClusterIndex {
     /// Heap memory held by the index, in bytes.
     pub fn memory_bytes(&self) -> usize {
         self.centroids.capacity() * size_of::<f32>()
-            + (self.sizes.capacity() + self.offsets.capacity() + self.members.capacity())
-                * size_of::<u32>()
+            + (self.sizes.capacity() + self.offsets.capacity() + self.members.capacity()) * size_of::<u32>()
     }
 }
 
@@ -228,10 +221,7 @@ mod tests {
         assert_eq!(ClusterIndex::new(0), Err(IndexError::ZeroDim));
         let mut index = ClusterIndex::new(2).unwrap();
         let wrong_d = clustering(vec![0], 1, 3);
-        assert_eq!(
-            index.append(&wrong_d, 0),
-            Err(IndexError::DimMismatch { expected: 2, given: 3 })
-        );
+        assert_eq!(index.append(&wrong_d, 0), Err(IndexError::DimMismatch { expected: 2, given: 3 }));
         let mut bad = clustering(vec![0, 1], 2, 2);
         bad.labels[1] = 5;
         assert!(matches!(index.append(&bad, 0), Err(IndexError::Malformed(_))));

@@ -24,14 +24,8 @@ pub enum Method {
 
 impl Method {
     /// Every method, dense first.
-    pub const ALL: [Method; 6] = [
-        Method::Dense,
-        Method::Oracle,
-        Method::ClusterKv,
-        Method::Quest,
-        Method::StreamingLlm,
-        Method::H2o,
-    ];
+    pub const ALL: [Method; 6] =
+        [Method::Dense, Method::Oracle, Method::ClusterKv, Method::Quest, Method::StreamingLlm, Method::H2o];
 
     /// The method's name as the CLI spells it.
     pub fn name(self) -> &'static str {
@@ -236,9 +230,8 @@ impl SelectParams {
         if window == 0 {
             return Err(bad("window", 0, "at least 1".into()));
         }
-        let window_clusters = self
-            .window_clusters
-            .unwrap_or(((4 * window) as f64 / 320.0).round().max(1.0) as usize);
+        let window_clusters =
+            self.window_clusters.unwrap_or(((4 * window) as f64 / 320.0).round().max(1.0) as usize);
         if window_clusters == 0 || window_clusters > window {
             return Err(bad("window_clusters", window_clusters, format!("1 to the window ({window})")));
         }

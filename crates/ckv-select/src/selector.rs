@@ -133,11 +133,8 @@ pub fn select_group<E: Element>(
         GqaPolicy::PerKvHead => select_step(selector, params, step, &mut outs[0]),
         GqaPolicy::PerQueryHead => {
             for (h, out) in outs.iter_mut().enumerate() {
-                let one = StepCtx {
-                    queries: &step.queries[h * step.d..(h + 1) * step.d],
-                    n_queries: 1,
-                    ..*step
-                };
+                let one =
+                    StepCtx { queries: &step.queries[h * step.d..(h + 1) * step.d], n_queries: 1, ..*step };
                 select_step(selector, params, &one, out)?;
             }
             Ok(())

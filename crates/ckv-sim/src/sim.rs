@@ -141,7 +141,9 @@ pub fn table(trace: &Trace, config: &SimConfig, reports: &[VariantReport]) -> St
         "synthetic trace: context {}, {} decode steps, d {}, Hq {}, Hkv {}, {} topics per KV head, seed {}; budget {}\n\n",
         tc.context, tc.steps, tc.head_dim, tc.n_q_heads, tc.n_kv_heads, tc.topics, tc.seed, budget
     );
-    s.push_str("| method | attended | top-k recall | mass recall | output rel. error | prefill s | step ms |\n");
+    s.push_str(
+        "| method | attended | top-k recall | mass recall | output rel. error | prefill s | step ms |\n",
+    );
     s.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
     for r in reports {
         s.push_str(&format!(

@@ -70,7 +70,11 @@ impl Trace {
     pub fn generate(config: &TraceConfig) -> Result<Self, SimError> {
         let c = config;
         let check = |name: &'static str, ok: bool, expected: &'static str, value: usize| {
-            if ok { Ok(()) } else { Err(SimError::InvalidConfig { name, value: value.to_string(), expected }) }
+            if ok {
+                Ok(())
+            } else {
+                Err(SimError::InvalidConfig { name, value: value.to_string(), expected })
+            }
         };
         check("head_dim", c.head_dim >= 2 && c.head_dim % 2 == 0, "an even number >= 2", c.head_dim)?;
         check("n_kv_heads", c.n_kv_heads >= 1, "at least 1", c.n_kv_heads)?;

@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use half::f16;
 
 #[derive(Parser)]
-#[command(name = "clusterkv", version, about = "ClusterKV: recallable KV-cache compression for long-context decoding")]
+#[command(
+    name = "clusterkv",
+    version,
+    about = "ClusterKV: recallable KV-cache compression for long-context decoding"
+)]
 struct Cli {
     /// Worker threads (default: one per core).
     #[arg(long, global = true)]
