@@ -2,7 +2,7 @@
 //! sparse (the rows of a selection), with one implementation so that a sparse step over
 //! every id is bitwise the dense step.
 
-use ckv_cluster::{Element, dot};
+use ckv_cluster::{Element, axpy, dot};
 
 /// Attention of the query `q` (`d` values) over the key/value rows `rows` of `keys` and
 /// `values` (`[n, d]` each): an exact, numerically stable softmax of `scale * q · k`
@@ -36,9 +36,7 @@ pub fn attend_rows<E: Element>(
     out.fill(0.0);
     for (p, r) in probs.iter_mut().zip(rows) {
         *p *= inv;
-        for (o, v) in out.iter_mut().zip(&values[r * d..(r + 1) * d]) {
-            *o += *p * v.to_f32();
-        }
+        axpy(*p, &values[r * d..(r + 1) * d], out);
     }
 }
 

@@ -1,5 +1,7 @@
 //! Errors of attention and the decode pipeline.
 
+use ckv_cluster::Element;
+
 use crate::SeqId;
 
 /// Errors of `ckv-attn`.
@@ -35,6 +37,20 @@ pub enum AttnError {
         /// The value.
         value: f32,
     },
+    /// A finite value too large for the KV storage type (it would become an infinity).
+    #[error("{what}: value {value} at index {index} exceeds the largest {storage} value {max}")]
+    OutOfRange {
+        /// Which input.
+        what: &'static str,
+        /// Flat index of the value.
+        index: usize,
+        /// The value.
+        value: f32,
+        /// The storage type.
+        storage: &'static str,
+        /// Its largest finite magnitude.
+        max: f32,
+    },
     /// A sequence id the pipeline does not hold.
     #[error("unknown sequence {0}")]
     UnknownSequence(SeqId),
@@ -49,12 +65,19 @@ pub enum AttnError {
     Cache(#[from] ckv_cache::CacheError),
 }
 
-/// Checks that `xs` has `expected` values, all finite.
-pub(crate) fn check_input(what: &'static str, xs: &[f32], expected: usize) -> Result<(), AttnError> {
+/// Checks that `xs` has `expected` values, all finite and representable in `E`.
+pub(crate) fn check_input<E: Element>(
+    what: &'static str,
+    xs: &[f32],
+    expected: usize,
+) -> Result<(), AttnError> {
     if xs.len() != expected {
         return Err(AttnError::Shape { what, expected, given: xs.len() });
     }
-    match xs.iter().position(|x| !x.is_finite()) {
+    match xs.iter().position(|x| x.is_nan() || x.abs() > E::MAX) {
+        Some(index) if xs[index].is_finite() => {
+            Err(AttnError::OutOfRange { what, index, value: xs[index], storage: E::NAME, max: E::MAX })
+        }
         Some(index) => Err(AttnError::NonFinite { what, index, value: xs[index] }),
         None => Ok(()),
     }

@@ -93,10 +93,10 @@ impl<E: Element> LayerPipeline<E> {
         let cfg = &self.config;
         let (hq, hkv, d) = (cfg.n_q_heads(), cfg.n_kv_heads(), cfg.head_dim());
         let prompt = input.keys.len() / (hkv * d);
-        check_input("keys", input.keys, prompt * hkv * d)?;
-        check_input("values", input.values, prompt * hkv * d)?;
+        check_input::<E>("keys", input.keys, prompt * hkv * d)?;
+        check_input::<E>("values", input.values, prompt * hkv * d)?;
         if let Some(queries) = input.queries {
-            check_input("queries", queries, prompt * hq * d)?;
+            check_input::<f32>("queries", queries, prompt * hq * d)?;
             let given = out.as_ref().map_or(0, |o| o.len());
             if given != prompt * hq * d {
                 return Err(AttnError::Shape { what: "out", expected: prompt * hq * d, given });
@@ -108,7 +108,8 @@ impl<E: Element> LayerPipeline<E> {
         {
             return Err(ckv_select::SelectError::ContextTooLong { context: prompt, max_context }.into());
         }
-        let id = self.seqs.iter().position(Option::is_none).unwrap_or(self.seqs.len());
+        // Ids are never reused, so a stale id of a removed sequence stays unknown.
+        let id = self.seqs.len();
         let sink = select.sink();
         let heads = (0..hkv)
             .map(|h| {
@@ -137,10 +138,7 @@ impl<E: Element> LayerPipeline<E> {
         state.heads.par_iter_mut().try_for_each(|head| {
             head.selector.grow(head.kv.keys(), d, sink as u32..prompt.max(sink as u32), Growth::Prompt)
         })?;
-        match self.seqs.get_mut(id) {
-            Some(slot) => *slot = Some(state),
-            None => self.seqs.push(Some(state)),
-        }
+        self.seqs.push(Some(state));
         Ok(SeqId(id))
     }
 
@@ -193,9 +191,9 @@ impl<E: Element> LayerPipeline<E> {
                 return Err(AttnError::DuplicateSequence(input.seq));
             }
             self.batch_slot[input.seq.0] = b;
-            check_input("query", input.query, hq * d)?;
-            check_input("key", input.key, hkv * d)?;
-            check_input("value", input.value, hkv * d)?;
+            check_input::<f32>("query", input.query, hq * d)?;
+            check_input::<E>("key", input.key, hkv * d)?;
+            check_input::<E>("value", input.value, hkv * d)?;
             if let Some(max_context) = cfg.select().max_context()
                 && state.len() + 1 > max_context
             {
@@ -222,7 +220,7 @@ impl<E: Element> LayerPipeline<E> {
         self.seqs.get(seq.0).and_then(Option::as_ref).ok_or(AttnError::UnknownSequence(seq))
     }
 
-    /// Removes a sequence and frees its KV; its id may be reused by a later prefill.
+    /// Removes a sequence and frees its KV; its id stays unknown from then on.
     pub fn remove(&mut self, seq: SeqId) -> Result<(), AttnError> {
         self.state(seq)?;
         self.seqs[seq.0] = None;
@@ -234,12 +232,13 @@ impl<E: Element> LayerPipeline<E> {
         Ok(self.state(seq)?.len())
     }
 
-    /// The regions of `seq`'s last stored token (after prefill: as a step at position `P`
-    /// would see them before any re-clustering).
+    /// The regions the next decode step of `seq` starts from: its current token at position
+    /// `len`, before the re-clustering that step may trigger. Right after a prefill of `P`
+    /// tokens: sink `[0, s)`, clustered `[s, P)`, empty tail.
     pub fn regions(&self, seq: SeqId) -> Result<Regions, AttnError> {
         let state = self.state(seq)?;
         let sink = self.config.select().sink() as u32;
-        Ok(Regions::new(sink, state.clustered_end, state.len().saturating_sub(1) as u32)?)
+        Ok(Regions::new(sink, state.clustered_end, state.len() as u32)?)
     }
 
     /// The sorted ids that query head `q_head` of `seq` attended to in the last decode step
@@ -290,7 +289,7 @@ fn decode_one<E: Element>(
     let t = state.len() as u32;
     let c = state.clustered_end;
     // The tail [c, t) is full: cluster it alone and append its clusters.
-    let grow = t >= c && (t - c) as usize == select.window();
+    let grow = t >= c && (t - c) as usize >= select.window();
     let clustered_end = if grow { t } else { c };
     let regions = Regions::new(select.sink() as u32, clustered_end, t)?;
     state

@@ -47,6 +47,20 @@ pub enum CacheError {
         /// The value.
         value: f32,
     },
+    /// A finite value too large for the storage type (it would become an infinity).
+    #[error("{what}: value {value} at index {index} exceeds the largest {storage} value {max}")]
+    OutOfRange {
+        /// Which argument.
+        what: &'static str,
+        /// Flat index of the value.
+        index: usize,
+        /// The value.
+        value: f32,
+        /// The storage type.
+        storage: &'static str,
+        /// Its largest finite magnitude.
+        max: f32,
+    },
     /// A token id beyond the stored tokens.
     #[error("token id {id} is out of range: {len} tokens are stored")]
     TokenOutOfRange {
@@ -126,8 +140,13 @@ impl<E: Element> HeadKv<E> {
             if rows.len() != len {
                 return Err(CacheError::Shape { what: name, expected: len, given: rows.len() });
             }
-            if let Some(index) = rows.iter().position(|x| !x.is_finite()) {
-                return Err(CacheError::NonFinite { what: name, index, value: rows[index] });
+            if let Some(index) = rows.iter().position(|x| x.is_nan() || x.abs() > E::MAX) {
+                let value = rows[index];
+                return Err(if value.is_finite() {
+                    CacheError::OutOfRange { what: name, index, value, storage: E::NAME, max: E::MAX }
+                } else {
+                    CacheError::NonFinite { what: name, index, value }
+                });
             }
         }
         Ok(())
@@ -227,6 +246,12 @@ mod tests {
             Err(CacheError::NonFinite { what: "key", index: 0, .. })
         ));
         assert!(kv.is_empty(), "a rejected append stores nothing");
+        let mut half = HeadKv::<f16>::new(1).unwrap();
+        assert!(matches!(
+            half.append(&[1.0e5], &[0.0]),
+            Err(CacheError::OutOfRange { what: "key", storage: "f16", .. })
+        ));
+        half.append(&[65504.0], &[-65504.0]).unwrap();
         kv.append(&[1.0, 2.0], &[3.0, 4.0]).unwrap();
         let (mut k, mut v) = (vec![0.0; 2], vec![0.0; 2]);
         assert_eq!(kv.gather(&[1], &mut k, &mut v), Err(CacheError::TokenOutOfRange { id: 1, len: 1 }));

@@ -1,31 +1,56 @@
-//! The dot product of an `f32` query with a stored row, accumulated in `f32`.
+//! Row kernels shared by selection and attention: an `f32` query against stored rows
+//! (f16 or f32), converted block by block (SIMD where the CPU has it) and accumulated in
+//! `f32`.
 
 use crate::Element;
 
+/// Elements converted to `f32` at a time.
+const BLOCK: usize = 64;
+/// Independent accumulators, so that the compiler vectorises the sums.
+const LANES: usize = 8;
+
 /// `sum_i a[i] * b[i]` with `b` converted to `f32`, accumulated in `f32` over eight lanes
-/// (so the compiler vectorises it), the lanes summed in a fixed order: the same inputs
-/// always give the same bits.
+/// summed in a fixed order: the same inputs always give the same bits.
 ///
 /// Only the common prefix of `a` and `b` is used; callers pass equal lengths.
 #[inline]
 pub fn dot<E: Element>(a: &[f32], b: &[E]) -> f32 {
-    const LANES: usize = 8;
     let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
     let mut acc = [0.0f32; LANES];
-    let mut a_chunks = a.chunks_exact(LANES);
-    let mut b_chunks = b.chunks_exact(LANES);
-    for (x, y) in (&mut a_chunks).zip(&mut b_chunks) {
-        for i in 0..LANES {
-            acc[i] += x[i] * y[i].to_f32();
-        }
-    }
     let mut tail = 0.0f32;
-    for (x, y) in a_chunks.remainder().iter().zip(b_chunks.remainder()) {
-        tail += x * y.to_f32();
+    let mut buf = [0.0f32; BLOCK];
+    for (a, b) in a[..n].chunks(BLOCK).zip(b[..n].chunks(BLOCK)) {
+        let b32 = &mut buf[..b.len()];
+        E::to_f32_slice(b, b32);
+        let mut a_lanes = a.chunks_exact(LANES);
+        let mut b_lanes = b32.chunks_exact(LANES);
+        for (x, y) in (&mut a_lanes).zip(&mut b_lanes) {
+            for i in 0..LANES {
+                acc[i] += x[i] * y[i];
+            }
+        }
+        for (x, y) in a_lanes.remainder().iter().zip(b_lanes.remainder()) {
+            tail += x * y;
+        }
     }
     let pairs = [acc[0] + acc[4], acc[1] + acc[5], acc[2] + acc[6], acc[3] + acc[7]];
     (pairs[0] + pairs[2]) + (pairs[1] + pairs[3]) + tail
+}
+
+/// `out[i] += w * b[i]` with `b` converted to `f32`.
+///
+/// Only the common prefix of `out` and `b` is used; callers pass equal lengths.
+#[inline]
+pub fn axpy<E: Element>(w: f32, b: &[E], out: &mut [f32]) {
+    let n = out.len().min(b.len());
+    let mut buf = [0.0f32; BLOCK];
+    for (o, b) in out[..n].chunks_mut(BLOCK).zip(b[..n].chunks(BLOCK)) {
+        let b32 = &mut buf[..b.len()];
+        E::to_f32_slice(b, b32);
+        for (o, y) in o.iter_mut().zip(b32.iter()) {
+            *o += w * y;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -43,6 +68,11 @@ mod tests {
             let bh: Vec<f16> = b.iter().map(|&x| f16::from_f32(x)).collect();
             let plain_h: f64 = a.iter().zip(&bh).map(|(x, y)| *x as f64 * y.to_f64()).sum();
             assert!((dot(&a, &bh) as f64 - plain_h).abs() <= 1e-5 * (1.0 + plain_h.abs()), "n = {n}");
+            let mut out: Vec<f32> = a.clone();
+            axpy(0.5, &bh, &mut out);
+            for ((o, x), y) in out.iter().zip(&a).zip(&bh) {
+                assert_eq!(*o, x + 0.5 * y.to_f32(), "n = {n}");
+            }
         }
     }
 }

@@ -9,6 +9,10 @@ pub trait Element: Copy + Send + Sync + Default + PartialEq + std::fmt::Debug + 
     /// Short name, `"f32"` or `"f16"`.
     const NAME: &'static str;
 
+    /// The largest finite magnitude the type stores (`f32::MAX`, or 65504 for `f16`); larger
+    /// values would become infinities.
+    const MAX: f32;
+
     /// Converts one element to `f32` (exact for both element types).
     fn to_f32(self) -> f32;
 
@@ -30,6 +34,7 @@ pub trait Element: Copy + Send + Sync + Default + PartialEq + std::fmt::Debug + 
 
 impl Element for f32 {
     const NAME: &'static str = "f32";
+    const MAX: f32 = f32::MAX;
 
     #[inline]
     fn to_f32(self) -> f32 {
@@ -52,6 +57,7 @@ impl Element for f32 {
 
 impl Element for f16 {
     const NAME: &'static str = "f16";
+    const MAX: f32 = 65504.0;
 
     #[inline]
     fn to_f32(self) -> f32 {

@@ -36,7 +36,7 @@ mod kmeans;
 mod params;
 
 pub use clustering::Clustering;
-pub use dot::dot;
+pub use dot::{axpy, dot};
 pub use element::Element;
 pub use error::ClusterError;
 pub use kmeans::{kmeans, kmeans_heads};

@@ -42,6 +42,7 @@ mod tests {
 
     impl Element for Zst {
         const NAME: &'static str = "zst";
+        const MAX: f32 = 0.0;
         fn to_f32(self) -> f32 {
             0.0
         }

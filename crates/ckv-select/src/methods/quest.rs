@@ -78,6 +78,10 @@ impl<E: Element> Selector<E> for QuestSelector {
 
     fn choose(&mut self, step: &StepCtx<'_, E>, count: usize, out: &mut Vec<u32>) {
         let d = self.d;
+        if d == 0 {
+            // Nothing was paged yet: no clustered region to choose from.
+            return;
+        }
         let start = self.start.unwrap_or(step.regions.clustered().start);
         self.scores.clear();
         for (mins, maxs) in self.mins.chunks_exact(d).zip(self.maxs.chunks_exact(d)) {
