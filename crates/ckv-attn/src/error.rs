@@ -1,6 +1,6 @@
 //! Errors of attention and the decode pipeline.
 
-use ckv_cluster::Element;
+use ckv_cluster::ValueError;
 
 use crate::SeqId;
 
@@ -17,40 +17,10 @@ pub enum AttnError {
         /// What is accepted.
         expected: String,
     },
-    /// An input of the wrong length.
-    #[error("{what}: expected {expected} values, got {given}")]
-    Shape {
-        /// Which input.
-        what: &'static str,
-        /// Expected length.
-        expected: usize,
-        /// Given length.
-        given: usize,
-    },
-    /// A NaN or an infinity in an input.
-    #[error("{what}: non-finite value {value} at index {index}")]
-    NonFinite {
-        /// Which input.
-        what: &'static str,
-        /// Flat index of the value.
-        index: usize,
-        /// The value.
-        value: f32,
-    },
-    /// A finite value too large for the KV storage type (it would become an infinity).
-    #[error("{what}: value {value} at index {index} exceeds the largest {storage} value {max}")]
-    OutOfRange {
-        /// Which input.
-        what: &'static str,
-        /// Flat index of the value.
-        index: usize,
-        /// The value.
-        value: f32,
-        /// The storage type.
-        storage: &'static str,
-        /// Its largest finite magnitude.
-        max: f32,
-    },
+    /// An input of the wrong length, or values that are not finite or do not fit the KV
+    /// storage type.
+    #[error(transparent)]
+    Value(#[from] ValueError),
     /// A sequence id the pipeline does not hold.
     #[error("unknown sequence {0}")]
     UnknownSequence(SeqId),
@@ -63,22 +33,4 @@ pub enum AttnError {
     /// The KV store failed.
     #[error(transparent)]
     Cache(#[from] ckv_cache::CacheError),
-}
-
-/// Checks that `xs` has `expected` values, all finite and representable in `E`.
-pub(crate) fn check_input<E: Element>(
-    what: &'static str,
-    xs: &[f32],
-    expected: usize,
-) -> Result<(), AttnError> {
-    if xs.len() != expected {
-        return Err(AttnError::Shape { what, expected, given: xs.len() });
-    }
-    match xs.iter().position(|x| x.is_nan() || x.abs() > E::MAX) {
-        Some(index) if xs[index].is_finite() => {
-            Err(AttnError::OutOfRange { what, index, value: xs[index], storage: E::NAME, max: E::MAX })
-        }
-        Some(index) => Err(AttnError::NonFinite { what, index, value: xs[index] }),
-        None => Ok(()),
-    }
 }

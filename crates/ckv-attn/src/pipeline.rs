@@ -4,12 +4,11 @@
 use std::fmt;
 
 use ckv_cache::HeadKv;
-use ckv_cluster::Element;
+use ckv_cluster::{Element, ValueError, check_values};
 use ckv_index::ClusterIndex;
 use ckv_select::{GqaPolicy, Growth, Regions, Selector, StepCtx, derive_seed, new_selector, select_group};
 use rayon::prelude::*;
 
-use crate::error::check_input;
 use crate::{AttnError, ValidPipelineConfig, attend_rows, sparse_attention};
 
 /// Identifies a sequence held by a [`LayerPipeline`].
@@ -93,13 +92,13 @@ impl<E: Element> LayerPipeline<E> {
         let cfg = &self.config;
         let (hq, hkv, d) = (cfg.n_q_heads(), cfg.n_kv_heads(), cfg.head_dim());
         let prompt = input.keys.len() / (hkv * d);
-        check_input::<E>("keys", input.keys, prompt * hkv * d)?;
-        check_input::<E>("values", input.values, prompt * hkv * d)?;
+        check_values::<E>("keys", input.keys, prompt * hkv * d)?;
+        check_values::<E>("values", input.values, prompt * hkv * d)?;
         if let Some(queries) = input.queries {
-            check_input::<f32>("queries", queries, prompt * hq * d)?;
+            check_values::<f32>("queries", queries, prompt * hq * d)?;
             let given = out.as_ref().map_or(0, |o| o.len());
             if given != prompt * hq * d {
-                return Err(AttnError::Shape { what: "out", expected: prompt * hq * d, given });
+                return Err(ValueError::Shape { what: "out", expected: prompt * hq * d, given }.into());
             }
         }
         let select = cfg.select();
@@ -180,7 +179,9 @@ impl<E: Element> LayerPipeline<E> {
         let cfg = &self.config;
         let (hq, hkv, d) = (cfg.n_q_heads(), cfg.n_kv_heads(), cfg.head_dim());
         if out.len() != batch.len() * hq * d {
-            return Err(AttnError::Shape { what: "out", expected: batch.len() * hq * d, given: out.len() });
+            return Err(
+                ValueError::Shape { what: "out", expected: batch.len() * hq * d, given: out.len() }.into()
+            );
         }
         self.batch_slot.clear();
         self.batch_slot.resize(self.seqs.len(), usize::MAX);
@@ -191,9 +192,9 @@ impl<E: Element> LayerPipeline<E> {
                 return Err(AttnError::DuplicateSequence(input.seq));
             }
             self.batch_slot[input.seq.0] = b;
-            check_input::<f32>("query", input.query, hq * d)?;
-            check_input::<E>("key", input.key, hkv * d)?;
-            check_input::<E>("value", input.value, hkv * d)?;
+            check_values::<f32>("query", input.query, hq * d)?;
+            check_values::<E>("key", input.key, hkv * d)?;
+            check_values::<E>("value", input.value, hkv * d)?;
             if let Some(max_context) = cfg.select().max_context()
                 && state.len() + 1 > max_context
             {

@@ -6,7 +6,7 @@ use ckv_attn::{
     AttnError, DecodeInput, LayerPipeline, PipelineConfig, PrefillInput, SeqId, dense_attention,
     sparse_attention,
 };
-use ckv_cluster::Element;
+use ckv_cluster::{Element, ValueError};
 use ckv_select::{GqaPolicy, Method, SelectError, SelectParams};
 use half::f16;
 use proptest::prelude::*;
@@ -375,8 +375,9 @@ fn bad_input_gets_typed_errors_and_changes_nothing() {
     let other = layer.prefill(data.prefill(), None).unwrap();
     let good = data.input(seq, 0);
     let mut out = vec![0.0f32; hq * d];
-    let shape =
-        |what: &'static str, expected: usize, given: usize| Err(AttnError::Shape { what, expected, given });
+    let shape = |what: &'static str, expected: usize, given: usize| {
+        Err(AttnError::Value(ValueError::Shape { what, expected, given }))
+    };
 
     // Shapes of query, key, value and out.
     let short = vec![0.5f32; hq * d - 1];
@@ -393,21 +394,21 @@ fn bad_input_gets_typed_errors_and_changes_nothing() {
     };
     assert_eq!(
         bad_prefill(&mut layer, PrefillInput { keys: &k[..59], values: &k[..59], queries: None }, None),
-        AttnError::Shape { what: "keys", expected: 54, given: 59 }
+        AttnError::Value(ValueError::Shape { what: "keys", expected: 54, given: 59 })
     );
     assert_eq!(
         bad_prefill(&mut layer, PrefillInput { keys: &k, values: &k[..54], queries: None }, None),
-        AttnError::Shape { what: "values", expected: 60, given: 54 }
+        AttnError::Value(ValueError::Shape { what: "values", expected: 60, given: 54 })
     );
     let q = uniform(10 * hq * d, 2);
     assert_eq!(
         bad_prefill(&mut layer, PrefillInput { keys: &k, values: &k, queries: Some(&q[..100]) }, None),
-        AttnError::Shape { what: "queries", expected: 120, given: 100 }
+        AttnError::Value(ValueError::Shape { what: "queries", expected: 120, given: 100 })
     );
     let mut pout = vec![0.0f32; 119];
     assert_eq!(
         bad_prefill(&mut layer, PrefillInput { keys: &k, values: &k, queries: Some(&q) }, Some(&mut pout)),
-        AttnError::Shape { what: "out", expected: 120, given: 119 }
+        AttnError::Value(ValueError::Shape { what: "out", expected: 120, given: 119 })
     );
 
     // NaN and infinities name the input.
@@ -415,26 +416,26 @@ fn bad_input_gets_typed_errors_and_changes_nothing() {
     nan_q[5] = f32::NAN;
     let err = layer.decode(&[DecodeInput { query: &nan_q, ..good }], &mut out).unwrap_err();
     assert!(
-        matches!(err, AttnError::NonFinite { what: "query", index: 5, value } if value.is_nan()),
+        matches!(err, AttnError::Value(ValueError::NonFinite { what: "query", index: 5, value }) if value.is_nan()),
         "{err}"
     );
     let mut inf_k = data.step_k[0].clone();
     inf_k[2] = f32::INFINITY;
     assert_eq!(
         layer.decode(&[DecodeInput { key: &inf_k, ..good }], &mut out),
-        Err(AttnError::NonFinite { what: "key", index: 2, value: f32::INFINITY })
+        Err(AttnError::Value(ValueError::NonFinite { what: "key", index: 2, value: f32::INFINITY }))
     );
     let mut ninf_v = data.step_v[0].clone();
     ninf_v[0] = f32::NEG_INFINITY;
     assert!(matches!(
         layer.decode(&[DecodeInput { value: &ninf_v, ..good }], &mut out),
-        Err(AttnError::NonFinite { what: "value", index: 0, .. })
+        Err(AttnError::Value(ValueError::NonFinite { what: "value", index: 0, .. }))
     ));
     let mut nan_keys = k.clone();
     nan_keys[7] = f32::NAN;
     assert!(matches!(
         bad_prefill(&mut layer, PrefillInput { keys: &nan_keys, values: &k, queries: None }, None),
-        AttnError::NonFinite { what: "keys", index: 7, .. }
+        AttnError::Value(ValueError::NonFinite { what: "keys", index: 7, .. })
     ));
     let mut inf_q = q.clone();
     inf_q[33] = f32::INFINITY;
@@ -445,7 +446,7 @@ fn bad_input_gets_typed_errors_and_changes_nothing() {
             PrefillInput { keys: &k, values: &k, queries: Some(&inf_q) },
             Some(&mut pout)
         ),
-        AttnError::NonFinite { what: "queries", index: 33, .. }
+        AttnError::Value(ValueError::NonFinite { what: "queries", index: 33, .. })
     ));
 
     // Unknown and duplicate sequences; a bad entry after a good one.
@@ -466,7 +467,7 @@ fn bad_input_gets_typed_errors_and_changes_nothing() {
     assert_eq!(layer.len(other), Err(AttnError::UnknownSequence(other)));
     assert!(matches!(
         layer.decode(&[good, DecodeInput { query: &nan_q, ..data.input(third, 0) }], &mut pair),
-        Err(AttnError::NonFinite { what: "query", index: 5, .. })
+        Err(AttnError::Value(ValueError::NonFinite { what: "query", index: 5, .. }))
     ));
     assert_eq!(layer.len(third), Ok(50));
     // Out-of-range heads.
@@ -665,7 +666,7 @@ fn f16_overflowing_inputs_are_rejected() {
     bad_keys[9] = 7.0e4;
     let mut layer = pipeline::<f16>(hq, hkv, d, select.clone());
     let err = layer.prefill(PrefillInput { keys: &bad_keys, ..data.prefill() }, None).unwrap_err();
-    assert!(matches!(err, AttnError::OutOfRange { what: "keys", index: 9, .. }), "{err}");
+    assert!(matches!(err, AttnError::Value(ValueError::OutOfRange { what: "keys", index: 9, .. })), "{err}");
     // The same values are fine with f32 storage.
     let mut wide = pipeline::<f32>(hq, hkv, d, select.clone());
     wide.prefill(PrefillInput { keys: &bad_keys, ..data.prefill() }, None).unwrap();
@@ -685,7 +686,10 @@ fn f16_overflowing_inputs_are_rejected() {
             let len = layer.len(seq).unwrap();
             let err = layer.decode(&[bad], &mut out).unwrap_err();
             let what = if bad.key == &big[..] { "key" } else { "value" };
-            assert!(matches!(err, AttnError::OutOfRange { what: w, .. } if w == what), "{err}");
+            assert!(
+                matches!(err, AttnError::Value(ValueError::OutOfRange { what: w, .. }) if w == what),
+                "{err}"
+            );
             assert_eq!(layer.len(seq), Ok(len), "failed decode ({err}) changed the sequence");
             rejected += 1;
         }

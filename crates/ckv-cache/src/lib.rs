@@ -19,7 +19,7 @@
 //! assert_eq!(v[3].to_f32(), 6.0);
 //! ```
 
-use ckv_cluster::Element;
+use ckv_cluster::{Element, ValueError, check_values};
 
 /// Errors of the KV store.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -27,40 +27,9 @@ pub enum CacheError {
     /// The head dimension was zero.
     #[error("head dimension must be at least 1, got 0")]
     ZeroDim,
-    /// Rows whose length is not what the store expects.
-    #[error("{what}: expected {expected} values, got {given}")]
-    Shape {
-        /// Which argument.
-        what: &'static str,
-        /// Expected length.
-        expected: usize,
-        /// Given length.
-        given: usize,
-    },
-    /// A NaN or an infinity in the rows to store.
-    #[error("{what}: non-finite value {value} at index {index}")]
-    NonFinite {
-        /// Which argument.
-        what: &'static str,
-        /// Flat index of the value.
-        index: usize,
-        /// The value.
-        value: f32,
-    },
-    /// A finite value too large for the storage type (it would become an infinity).
-    #[error("{what}: value {value} at index {index} exceeds the largest {storage} value {max}")]
-    OutOfRange {
-        /// Which argument.
-        what: &'static str,
-        /// Flat index of the value.
-        index: usize,
-        /// The value.
-        value: f32,
-        /// The storage type.
-        storage: &'static str,
-        /// Its largest finite magnitude.
-        max: f32,
-    },
+    /// Rows of the wrong length, or values that are not finite or do not fit the storage type.
+    #[error(transparent)]
+    Value(#[from] ValueError),
     /// A token id beyond the stored tokens.
     #[error("token id {id} is out of range: {len} tokens are stored")]
     TokenOutOfRange {
@@ -110,45 +79,18 @@ impl<E: Element> HeadKv<E> {
 
     /// Appends one token's key and value rows (`d` values each).
     pub fn append(&mut self, key: &[f32], value: &[f32]) -> Result<(), CacheError> {
-        self.check_row_pair("key", key, value, self.d)?;
+        check_values::<E>("key", key, self.d)?;
+        check_values::<E>("value", value, self.d)?;
         self.push(key, value);
         Ok(())
     }
 
     /// Appends several tokens, `[n, d]` keys and values.
     pub fn extend(&mut self, keys: &[f32], values: &[f32]) -> Result<(), CacheError> {
-        if keys.len() % self.d != 0 {
-            return Err(CacheError::Shape {
-                what: "keys",
-                expected: keys.len().div_ceil(self.d) * self.d,
-                given: keys.len(),
-            });
-        }
-        self.check_row_pair("keys", keys, values, keys.len())?;
+        let rows = keys.len().div_ceil(self.d);
+        check_values::<E>("keys", keys, rows * self.d)?;
+        check_values::<E>("values", values, rows * self.d)?;
         self.push(keys, values);
-        Ok(())
-    }
-
-    fn check_row_pair(
-        &self,
-        what: &'static str,
-        keys: &[f32],
-        values: &[f32],
-        len: usize,
-    ) -> Result<(), CacheError> {
-        for (name, rows) in [(what, keys), ("values", values)] {
-            if rows.len() != len {
-                return Err(CacheError::Shape { what: name, expected: len, given: rows.len() });
-            }
-            if let Some(index) = rows.iter().position(|x| x.is_nan() || x.abs() > E::MAX) {
-                let value = rows[index];
-                return Err(if value.is_finite() {
-                    CacheError::OutOfRange { what: name, index, value, storage: E::NAME, max: E::MAX }
-                } else {
-                    CacheError::NonFinite { what: name, index, value }
-                });
-            }
-        }
         Ok(())
     }
 
@@ -176,7 +118,7 @@ impl<E: Element> HeadKv<E> {
         let want = ids.len() * self.d;
         for (what, out) in [("keys_out", &*keys_out), ("values_out", &*values_out)] {
             if out.len() != want {
-                return Err(CacheError::Shape { what, expected: want, given: out.len() });
+                return Err(ValueError::Shape { what, expected: want, given: out.len() }.into());
             }
         }
         let len = self.len();
@@ -231,30 +173,33 @@ mod tests {
         let mut kv = HeadKv::<f32>::new(2).unwrap();
         assert_eq!(
             kv.append(&[1.0], &[1.0, 2.0]),
-            Err(CacheError::Shape { what: "key", expected: 2, given: 1 })
+            Err(CacheError::Value(ValueError::Shape { what: "key", expected: 2, given: 1 }))
         );
         assert_eq!(
             kv.extend(&[1.0, 2.0, 3.0], &[1.0, 2.0, 3.0]),
-            Err(CacheError::Shape { what: "keys", expected: 4, given: 3 })
+            Err(CacheError::Value(ValueError::Shape { what: "keys", expected: 4, given: 3 }))
         );
         assert!(matches!(
             kv.append(&[1.0, 2.0], &[f32::NAN, 0.0]),
-            Err(CacheError::NonFinite { what: "values", index: 0, .. })
+            Err(CacheError::Value(ValueError::NonFinite { what: "value", index: 0, .. }))
         ));
         assert!(matches!(
             kv.append(&[f32::INFINITY, 2.0], &[0.0, 0.0]),
-            Err(CacheError::NonFinite { what: "key", index: 0, .. })
+            Err(CacheError::Value(ValueError::NonFinite { what: "key", index: 0, .. }))
         ));
         assert!(kv.is_empty(), "a rejected append stores nothing");
         let mut half = HeadKv::<f16>::new(1).unwrap();
         assert!(matches!(
             half.append(&[1.0e5], &[0.0]),
-            Err(CacheError::OutOfRange { what: "key", storage: "f16", .. })
+            Err(CacheError::Value(ValueError::OutOfRange { what: "key", storage: "f16", .. }))
         ));
         half.append(&[65504.0], &[-65504.0]).unwrap();
         kv.append(&[1.0, 2.0], &[3.0, 4.0]).unwrap();
         let (mut k, mut v) = (vec![0.0; 2], vec![0.0; 2]);
         assert_eq!(kv.gather(&[1], &mut k, &mut v), Err(CacheError::TokenOutOfRange { id: 1, len: 1 }));
-        assert!(matches!(kv.gather(&[0], &mut k[..1], &mut v), Err(CacheError::Shape { .. })));
+        assert!(matches!(
+            kv.gather(&[0], &mut k[..1], &mut v),
+            Err(CacheError::Value(ValueError::Shape { .. }))
+        ));
     }
 }

@@ -34,6 +34,7 @@ mod element;
 mod error;
 mod kmeans;
 mod params;
+mod values;
 
 pub use clustering::Clustering;
 pub use dot::{axpy, dot};
@@ -41,3 +42,4 @@ pub use element::Element;
 pub use error::ClusterError;
 pub use kmeans::{kmeans, kmeans_heads};
 pub use params::{ClusterParams, ValidClusterParams};
+pub use values::{ValueError, check_values};
