@@ -58,6 +58,8 @@ struct HeadState<E: Element> {
 struct SeqState<E: Element> {
     heads: Vec<HeadState<E>>,
     clustered_end: u32,
+    /// The last step's output, `[Hq, d]`.
+    out: Vec<f32>,
 }
 
 impl<E: Element> SeqState<E> {
@@ -110,9 +112,11 @@ impl<E: Element> LayerPipeline<E> {
         // Ids are never reused, so a stale id of a removed sequence stays unknown.
         let id = self.seqs.len();
         let sink = select.sink();
+        let max_context = select.max_context().unwrap_or(prompt + 1);
+        let attended = select.max_attended(max_context);
         let heads = (0..hkv)
             .map(|h| {
-                let mut kv = HeadKv::with_capacity(d, prompt)?;
+                let mut kv = HeadKv::with_capacity(d, max_context)?;
                 let rows = |src: &[f32]| -> Vec<f32> {
                     (0..prompt)
                         .flat_map(|t| &src[(t * hkv + h) * d..(t * hkv + h + 1) * d])
@@ -124,12 +128,14 @@ impl<E: Element> LayerPipeline<E> {
                 Ok(HeadState {
                     kv,
                     selector: new_selector(select, seed),
-                    selections: vec![Vec::new(); select.gqa().selections_per_group(cfg.group())],
-                    probs: Vec::new(),
+                    selections: (0..select.gqa().selections_per_group(cfg.group()))
+                        .map(|_| Vec::with_capacity(attended))
+                        .collect(),
+                    probs: Vec::with_capacity(attended),
                 })
             })
             .collect::<Result<Vec<_>, AttnError>>()?;
-        let mut state = SeqState { heads, clustered_end: prompt.max(sink) as u32 };
+        let mut state = SeqState { heads, clustered_end: prompt.max(sink) as u32, out: vec![0.0; hq * d] };
         if let (Some(queries), Some(out)) = (input.queries, out) {
             self.prefill_attention(&mut state, queries, out);
         }
@@ -175,6 +181,11 @@ impl<E: Element> LayerPipeline<E> {
     /// Decodes one new token for each sequence of `batch` (distinct sequences, any subset,
     /// any lengths): appends its K/V, re-clusters a full tail window, selects, attends.
     /// Writes `[batch.len(), Hq, d]` into `out`. On error nothing has changed.
+    ///
+    /// Steps allocate nothing once their buffers are warm (KV storage is reserved for
+    /// `max_context` when it is set), except the clustering of a full window. Call it from
+    /// inside a rayon pool (`ThreadPool::install`) for that: rayon's queue for work sent from
+    /// outside a pool allocates now and then.
     pub fn decode(&mut self, batch: &[DecodeInput<'_>], out: &mut [f32]) -> Result<(), AttnError> {
         let cfg = &self.config;
         let (hq, hkv, d) = (cfg.n_q_heads(), cfg.n_kv_heads(), cfg.head_dim());
@@ -202,18 +213,16 @@ impl<E: Element> LayerPipeline<E> {
                 return Err(ckv_select::SelectError::ContextTooLong { context, max_context }.into());
             }
         }
-        let mut work: Vec<Option<&mut SeqState<E>>> = batch.iter().map(|_| None).collect();
-        for (state, &b) in self.seqs.iter_mut().zip(&self.batch_slot) {
-            if b != usize::MAX {
-                work[b] = state.as_mut();
-            }
+        // Every sequence of the batch decodes into its own output buffer, in parallel; then
+        // the buffers are copied out in batch order. No allocation once the buffers exist.
+        let slots = &self.batch_slot;
+        self.seqs.par_iter_mut().zip(slots).try_for_each(|(state, &b)| match (state, batch.get(b)) {
+            (Some(state), Some(input)) => decode_one(cfg, state, input),
+            _ => Ok(()),
+        })?;
+        for (input, out) in batch.iter().zip(out.chunks_exact_mut(hq * d)) {
+            out.copy_from_slice(&self.state(input.seq)?.out);
         }
-        work.into_par_iter().zip(batch).zip(out.par_chunks_mut(hq * d)).try_for_each(
-            |((state, input), out)| {
-                let state = state.ok_or(AttnError::UnknownSequence(input.seq))?;
-                decode_one(cfg, state, input, out)
-            },
-        )?;
         Ok(())
     }
 
@@ -284,7 +293,6 @@ fn decode_one<E: Element>(
     cfg: &ValidPipelineConfig,
     state: &mut SeqState<E>,
     input: &DecodeInput<'_>,
-    out: &mut [f32],
 ) -> Result<(), AttnError> {
     let (d, g, select) = (cfg.head_dim(), cfg.group(), cfg.select());
     let t = state.len() as u32;
@@ -299,7 +307,7 @@ fn decode_one<E: Element>(
         .zip(input.key.par_chunks(d))
         .zip(input.value.par_chunks(d))
         .zip(input.query.par_chunks(g * d))
-        .zip(out.par_chunks_mut(g * d))
+        .zip(state.out.par_chunks_mut(g * d))
         .try_for_each(|((((head, key), value), queries), out)| {
             head.kv.append(key, value)?;
             if grow {

@@ -198,8 +198,9 @@ impl SelectParams {
         self
     }
 
-    /// The longest context these parameters will see. When it fits the budget, every step is
-    /// dense and the window needs no room in the budget.
+    /// The longest context these parameters will see: longer contexts are rejected, and the
+    /// decode pipeline reserves KV storage for it up front (no reallocation while decoding).
+    /// When it fits the budget, every step is dense and the window needs no room in the budget.
     pub fn max_context(mut self, max_context: usize) -> Self {
         self.max_context = Some(max_context);
         self
@@ -303,6 +304,14 @@ impl ValidSelectParams {
     /// Base seed.
     pub fn seed(&self) -> u64 {
         self.params.seed
+    }
+    /// The most ids one step attends to in a context of `context` tokens: all of them for
+    /// [`Method::Dense`], at most the budget otherwise.
+    pub fn max_attended(&self, context: usize) -> usize {
+        match self.params.method {
+            Method::Dense => context,
+            _ => context.min(self.params.budget),
+        }
     }
     /// The parameters as given.
     pub fn params(&self) -> &SelectParams {

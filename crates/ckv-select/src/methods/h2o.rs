@@ -17,6 +17,13 @@ pub struct H2oSelector {
     kept: Vec<u32>,
 }
 
+impl H2oSelector {
+    /// A selector with room for the scores of `tokens` tokens before it reallocates.
+    pub fn with_capacity(tokens: usize) -> Self {
+        Self { accumulated: Vec::with_capacity(tokens), kept: Vec::new() }
+    }
+}
+
 impl<E: Element> Selector<E> for H2oSelector {
     fn method(&self) -> Method {
         Method::H2o

@@ -27,6 +27,6 @@ pub fn new_selector<E: Element>(params: &ValidSelectParams, seed: u64) -> Box<dy
         Method::ClusterKv => Box::new(ClusterKvSelector::new(params, seed)),
         Method::Quest => Box::new(QuestSelector::new(params.quest_page_size())),
         Method::StreamingLlm => Box::new(StreamingLlmSelector),
-        Method::H2o => Box::new(H2oSelector::default()),
+        Method::H2o => Box::new(H2oSelector::with_capacity(params.max_context().unwrap_or(0))),
     }
 }
