@@ -313,10 +313,6 @@ impl ValidSelectParams {
             _ => context.min(self.params.budget),
         }
     }
-    /// The parameters as given.
-    pub fn params(&self) -> &SelectParams {
-        &self.params
-    }
 }
 
 #[cfg(test)]

@@ -107,7 +107,7 @@ prop_compose! {
         sink in 0usize..=24,
         window in 1usize..=48,
         extra_budget in 0usize..=300,
-        tokens_per_cluster in 8usize..=100,
+        tokens_per_cluster in 2usize..=100,
         page_size in 1usize..=24,
         prompt in 0usize..=max_prompt,
         windows in 0usize..=3,

@@ -84,3 +84,49 @@ impl<E: Element> Selector<E> for ClusterKvSelector {
         self.index.as_ref()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Regions, SelectParams, select_step};
+
+    /// Far more than 256 clusters (the reference code's cap) rank and fill correctly.
+    #[test]
+    fn ranks_a_thousand_clusters() {
+        let (d, prompt, sink) = (8, 3016, 16);
+        let keys: Vec<f32> =
+            (0..(prompt + 1) * d).map(|i| ((i * 7919 % 3001) as f32 / 1500.0) - 1.0).collect();
+        let params = SelectParams::new(Method::ClusterKv)
+            .budget(400)
+            .sink(sink)
+            .tokens_per_cluster(3)
+            .max_iters(3)
+            .validate()
+            .unwrap();
+        let mut selector = ClusterKvSelector::new(&params, 5);
+        Selector::<f32>::grow(&mut selector, &keys, d, sink as u32..prompt as u32, Growth::Prompt).unwrap();
+        let index = Selector::<f32>::index(&selector).unwrap().clone();
+        assert_eq!(index.n_clusters(), 1000);
+        let q: Vec<f32> = (0..d).map(|i| (i as f32 * 0.7).cos()).collect();
+        let step = StepCtx {
+            queries: &q,
+            n_queries: 1,
+            keys: &keys,
+            d,
+            regions: Regions::new(16, 3016, 3016).unwrap(),
+        };
+        let mut ids = Vec::new();
+        select_step(&mut selector, &params, &step, &mut ids).unwrap();
+        // Reference: sort cluster ids by (score descending, id ascending), take whole
+        // clusters, the last one cut to its first members.
+        let mut ranked: Vec<(f32, usize)> = (0..1000).map(|c| (dot(&q, index.centroid(c)), c)).collect();
+        ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        let count = 400 - 16 - 1;
+        let mut want: Vec<u32> =
+            ranked.iter().flat_map(|&(_, c)| index.members_of(c).to_vec()).take(count).collect();
+        want.sort_unstable();
+        let got: Vec<u32> = ids.iter().copied().filter(|&id| (16..3016).contains(&id)).collect();
+        assert_eq!(got, want);
+        assert!(ranked[..10].iter().any(|&(_, c)| c >= 256), "a cluster id above 255 ranks in the top 10");
+    }
+}
