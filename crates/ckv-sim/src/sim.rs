@@ -22,10 +22,16 @@ pub struct Variant {
 impl Variant {
     /// Every method once, and ClusterKV under both GQA policies.
     pub fn all() -> Vec<Variant> {
-        let mut all: Vec<Variant> =
-            Method::ALL.iter().map(|&method| Variant { method, gqa: GqaPolicy::PerQueryHead }).collect();
-        all.insert(3, Variant { method: Method::ClusterKv, gqa: GqaPolicy::PerKvHead });
-        all
+        Method::ALL
+            .into_iter()
+            .flat_map(|method| {
+                let policies: &[GqaPolicy] = match method {
+                    Method::ClusterKv => &[GqaPolicy::PerQueryHead, GqaPolicy::PerKvHead],
+                    _ => &[GqaPolicy::PerQueryHead],
+                };
+                policies.iter().map(move |&gqa| Variant { method, gqa })
+            })
+            .collect()
     }
 
     /// `method` or `method/per-kv-head`.
