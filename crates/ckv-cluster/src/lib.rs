@@ -33,6 +33,7 @@ mod dot;
 mod element;
 mod error;
 mod kmeans;
+mod matmul;
 mod params;
 mod values;
 
@@ -41,5 +42,6 @@ pub use dot::{axpy, dot};
 pub use element::Element;
 pub use error::ClusterError;
 pub use kmeans::{kmeans, kmeans_heads};
+pub use matmul::matmul_nt;
 pub use params::{ClusterParams, ValidClusterParams};
 pub use values::{ValueError, check_values};

@@ -83,3 +83,35 @@ pub enum GgufError {
         dtype: crate::GgmlType,
     },
 }
+
+/// Errors of loading and running a model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// Reading the GGUF file failed.
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    /// A tensor of another shape than the configuration implies.
+    #[error("tensor {name:?} has dims {found:?}, expected {expected:?}")]
+    TensorShape {
+        /// The tensor.
+        name: String,
+        /// Expected GGML dims (fastest first).
+        expected: Vec<u64>,
+        /// Dims found.
+        found: Vec<u64>,
+    },
+    /// A model this runtime does not support.
+    #[error("unsupported model: {0}")]
+    Unsupported(String),
+    /// A token id outside the vocabulary.
+    #[error("token id {id} is outside the vocabulary of {vocab}")]
+    TokenOutOfRange {
+        /// The id.
+        id: u32,
+        /// Vocabulary size.
+        vocab: usize,
+    },
+    /// The attention pipeline failed (bad configuration, bad values).
+    #[error(transparent)]
+    Attn(#[from] ckv_attn::AttnError),
+}

@@ -1,25 +1,42 @@
-//! The real-model side of clusterkv-rs: reading Llama-family GGUF files.
+//! A CPU runtime for Llama-family GGUF models whose attention goes through `ckv-attn`, so
+//! that every method (dense, ClusterKV, each baseline) runs inside a real model.
 //!
-//! Today this crate reads GGUF v2/v3 files, memory-mapped: metadata of every value type,
-//! tensor infos, tensor bytes, and dequantization of F32, F16, Q4_0, Q4_1 and Q8_0 tensors
-//! to `f32`. A truncated or corrupt file, an unsupported tensor type or a missing metadata
-//! key gets a typed [`GgufError`], never a panic. The tokenizer and the forward pass with
-//! attention through `ckv-attn` come next.
+//! - [`GgufFile`]: GGUF v2/v3, memory-mapped; metadata of every type, tensor infos, and
+//!   dequantization of F32, F16, Q4_0, Q4_1 and Q8_0 to `f32`. A truncated or corrupt file,
+//!   an unsupported tensor type or a missing metadata key is a typed [`GgufError`].
+//! - [`Tokenizer`]: byte-level BPE rebuilt from the GGUF metadata with `tokenizers`.
+//! - [`Model`] and [`Runner`]: embeddings, RMSNorm, RoPE (adjacent pairs), attention through
+//!   one `LayerPipeline` per layer for a batch of sequences, SwiGLU FFN, tied output.
+//!   Prefill takes a whole prompt (dense, then clustering); decode one token per sequence.
 //!
 //! ```no_run
-//! use ckv_model::GgufFile;
+//! use ckv_model::{GgufFile, Model, Tokenizer, nll};
+//! use ckv_select::{Method, SelectParams};
 //!
 //! let gguf = GgufFile::open("assets/SmolLM2-135M-Instruct.Q4_1.gguf")?;
-//! let layers = gguf.get_u32("llama.block_count")?;
-//! let embeddings = gguf.dequantize("token_embd.weight")?;
-//! println!("{layers} layers, {} embedding values", embeddings.len());
-//! # Ok::<(), ckv_model::GgufError>(())
+//! let (model, tokenizer) = (Model::from_gguf(&gguf)?, Tokenizer::from_gguf(&gguf)?);
+//! let tokens = tokenizer.encode("Call me Ishmael. Some years ago")?;
+//! let select = SelectParams::new(Method::ClusterKv).budget(256);
+//! let mut runner = model.runner(&select, 2)?;
+//! let (mut seq, _hidden) = runner.prefill(&tokens[..4])?;
+//! let hidden = runner.decode(&mut [(&mut seq, tokens[4])])?;
+//! println!("NLL of the next token: {:.3}", nll(&model.logits(&hidden), tokens[5]));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod config;
 mod dequant;
 mod error;
 mod gguf;
+mod model;
+mod ops;
+mod tokenizer;
+mod weights;
 
+pub use config::LlamaConfig;
 pub use dequant::{GgmlType, dequantize};
-pub use error::GgufError;
+pub use error::{GgufError, ModelError};
 pub use gguf::{GgufFile, GgufValue, TensorInfo};
+pub use model::{Model, Runner, Sequence};
+pub use ops::nll;
+pub use tokenizer::{Tokenizer, TokenizerError};

@@ -16,6 +16,9 @@ pub enum SimError {
     /// The pipeline failed.
     #[error(transparent)]
     Attn(#[from] ckv_attn::AttnError),
+    /// The model failed to load or run.
+    #[error(transparent)]
+    Model(#[from] ckv_model::ModelError),
     /// Selection parameters were rejected.
     #[error(transparent)]
     Select(#[from] ckv_select::SelectError),

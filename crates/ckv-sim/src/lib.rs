@@ -29,10 +29,12 @@
 
 mod error;
 mod metrics;
+mod ppl;
 mod sim;
 mod trace;
 
 pub use error::SimError;
 pub use metrics::{Fidelity, FidelityScratch, fidelity};
+pub use ppl::{PplConfig, PplRecord, perplexity, ppl_table, window_starts};
 pub use sim::{SimConfig, Variant, VariantReport, simulate, table};
 pub use trace::{Trace, TraceConfig, rope};

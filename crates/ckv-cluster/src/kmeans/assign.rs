@@ -15,39 +15,6 @@ pub(crate) struct AssignOutcome {
     pub(crate) objective: f64,
 }
 
-/// `out[m, k] = xn[m, d] · cn[k, d]^T` through `matrixmultiply::sgemm` (single-threaded).
-#[allow(unsafe_code)]
-fn similarities(xn: &[f32], cn: &[f32], d: usize, out: &mut [f32]) {
-    let m = xn.len() / d;
-    let k = cn.len() / d;
-    assert!(xn.len() == m * d && cn.len() == k * d && out.len() == m * k);
-    let di = isize::try_from(d).expect("slice length fits isize");
-    let ki = isize::try_from(k).expect("slice length fits isize");
-    // SAFETY: A = xn is m x d row-major (row stride d, column stride 1), B = cn^T is d x k
-    // read from k x d row-major cn (row stride 1, column stride d), C = out is m x k row-major
-    // (row stride k, column stride 1). The assert above guarantees every addressed element
-    // lies inside its slice; C's strides do not alias, C does not overlap A or B (distinct
-    // borrows), and with beta = 0 C is write-only.
-    unsafe {
-        matrixmultiply::sgemm(
-            m,
-            d,
-            k,
-            1.0,
-            xn.as_ptr(),
-            di,
-            1,
-            cn.as_ptr(),
-            1,
-            di,
-            0.0,
-            out.as_mut_ptr(),
-            ki,
-            1,
-        );
-    }
-}
-
 /// Index of the largest value; ties go to the lowest index.
 #[inline]
 pub(crate) fn argmax(s: &[f32]) -> u32 {
@@ -97,7 +64,7 @@ pub(crate) fn assign(x: &[f32], xn: &[f32], cn: &[f32], d: usize, labels: &mut [
             let m = labels.len();
             sims.resize(m * k, 0.0);
             let sims = &mut sims[..m * k];
-            similarities(xn, cn, d, sims);
+            crate::matmul_nt(xn, cn, d, sims);
             let mut changed = 0usize;
             for (l, s) in labels.iter_mut().zip(sims.chunks_exact(k)) {
                 let best = argmax(s);
@@ -138,21 +105,6 @@ mod tests {
         assert_eq!(argmax(&[1.0, 3.0, 3.0, 2.0]), 1);
         assert_eq!(argmax(&[0.0, 0.0]), 0);
         assert_eq!(argmax(&[-1.0, -0.5]), 1);
-    }
-
-    #[test]
-    fn sgemm_matches_naive() {
-        let (m, k, d) = (37, 5, 7);
-        let xn: Vec<f32> = (0..m * d).map(|i| ((i * 7919) % 101) as f32 / 50.0 - 1.0).collect();
-        let cn: Vec<f32> = (0..k * d).map(|i| ((i * 104729) % 97) as f32 / 48.0 - 1.0).collect();
-        let mut out = vec![f32::NAN; m * k];
-        similarities(&xn, &cn, d, &mut out);
-        for i in 0..m {
-            for j in 0..k {
-                let want: f32 = (0..d).map(|p| xn[i * d + p] * cn[j * d + p]).sum();
-                assert!((out[i * k + j] - want).abs() < 1e-4, "({i},{j})");
-            }
-        }
     }
 
     #[test]

@@ -1,12 +1,21 @@
 //! The `clusterkv` command line.
 
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
+use ckv_model::{GgufFile, Model, Tokenizer};
 use ckv_select::{Method, SelectParams};
-use ckv_sim::{SimConfig, Trace, TraceConfig, Variant, simulate, table};
+use ckv_sim::{PplConfig, SimConfig, Trace, TraceConfig, Variant, perplexity, ppl_table, simulate, table};
 use clap::{Parser, Subcommand, ValueEnum};
 use half::f16;
+use indicatif::{ProgressBar, ProgressStyle};
+use tracing::info;
+
+/// Where `cargo xtask fetch` puts the default model and text.
+const DEFAULT_MODEL: &str = "assets/SmolLM2-135M-Instruct.Q4_1.gguf";
+const DEFAULT_TEXT: &str = "assets/moby-dick.txt";
 
 #[derive(Parser)]
 #[command(
@@ -26,6 +35,69 @@ struct Cli {
 enum Command {
     /// Decode a synthetic trace with every method and print attention fidelity against dense.
     Simulate(SimulateArgs),
+    /// Long-context perplexity on a real model and text, every method against dense.
+    Ppl(PplArgs),
+    /// Generate text from a prompt on a real model, streaming it.
+    Generate(GenerateArgs),
+}
+
+/// The model file (default: the one `cargo xtask fetch` gets).
+#[derive(clap::Args)]
+struct ModelArg {
+    /// GGUF model file (any Llama-family GGUF).
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    model: PathBuf,
+    /// Leading layers that always attend densely.
+    #[arg(long, default_value_t = 2)]
+    dense_layers: usize,
+}
+
+#[derive(clap::Args)]
+struct PplArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// Text file.
+    #[arg(long, default_value = DEFAULT_TEXT)]
+    text: PathBuf,
+    /// Prompt tokens P, prefilled densely at each position.
+    #[arg(long, default_value_t = 1024)]
+    context: usize,
+    /// Teacher-forced tokens T decoded through each method.
+    #[arg(long, default_value_t = 64)]
+    decode: usize,
+    /// Prefix positions K spread over the text.
+    #[arg(long, default_value_t = 2)]
+    positions: usize,
+    /// Methods, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "dense,clusterkv,quest,streamingllm")]
+    methods: Vec<Method>,
+    /// Budgets, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "256")]
+    budgets: Vec<usize>,
+    /// Seed of the clustering.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Also write the records as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// The prompt.
+    #[arg(long)]
+    prompt: String,
+    /// Attention method.
+    #[arg(long, default_value = "clusterkv")]
+    method: Method,
+    /// Budget B.
+    #[arg(long, default_value_t = 1024)]
+    budget: usize,
+    /// Tokens to generate at most (stops early at the end-of-sequence token).
+    #[arg(long, default_value_t = 64)]
+    max_tokens: usize,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -84,12 +156,129 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     if let Some(threads) = cli.threads {
         rayon::ThreadPoolBuilder::new().num_threads(threads).build_global()?;
     }
     match cli.command {
         Command::Simulate(args) => simulate_command(args),
+        Command::Ppl(args) => ppl_command(args),
+        Command::Generate(args) => generate_command(args),
     }
+}
+
+/// Loads the model and its tokenizer, with a hint when the default file is missing.
+fn load(path: &Path) -> Result<(Model, Tokenizer), Box<dyn std::error::Error>> {
+    if !path.exists() {
+        return Err(format!(
+            "model file {} not found: run `cargo xtask fetch` or pass --model",
+            path.display()
+        )
+        .into());
+    }
+    let started = Instant::now();
+    let gguf = GgufFile::open(path)?;
+    let model = Model::from_gguf(&gguf)?;
+    let tokenizer = Tokenizer::from_gguf(&gguf)?;
+    info!(path = %path.display(), seconds = started.elapsed().as_secs_f64(), "model loaded");
+    Ok((model, tokenizer))
+}
+
+fn ppl_command(args: PplArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let (model, tokenizer) = load(&args.model.model)?;
+    let text = std::fs::read_to_string(&args.text).map_err(|e| {
+        format!("cannot read text {}: {e} (run `cargo xtask fetch` or pass --text)", args.text.display())
+    })?;
+    let tokens = tokenizer.encode(&text)?;
+    info!(tokens = tokens.len(), "text tokenized");
+    let mut methods = args.methods.clone();
+    if !methods.contains(&Method::Dense) {
+        methods.insert(0, Method::Dense);
+    }
+    let config = PplConfig {
+        context: args.context,
+        decode: args.decode,
+        positions: args.positions,
+        methods,
+        budgets: args.budgets.clone(),
+        dense_layers: args.model.dense_layers,
+        seed: args.seed,
+    };
+    let others = config.methods.iter().filter(|&&m| m != Method::Dense).count();
+    let steps = (config.positions * config.decode * (1 + others * config.budgets.len())) as u64;
+    let bar = ProgressBar::new(steps).with_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} decoded tokens, eta {eta}")?
+            .progress_chars("=> "),
+    );
+    let records = perplexity(&model, &tokens, &config, &|| bar.inc(1))?;
+    bar.finish_and_clear();
+    println!(
+        "model {}, text {}: context {}, {} decoded tokens at each of {} positions, dense layers {}, seed {}\n",
+        args.model.model.display(),
+        args.text.display(),
+        args.context,
+        args.decode,
+        args.positions,
+        args.model.dense_layers,
+        args.seed
+    );
+    println!("{}", ppl_table(&records));
+    if let Some(path) = args.json {
+        std::fs::write(&path, serde_json::to_string_pretty(&records)?)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn generate_command(args: GenerateArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let (model, tokenizer) = load(&args.model.model)?;
+    let prompt = tokenizer.encode(&args.prompt)?;
+    if prompt.is_empty() {
+        return Err("the prompt is empty".into());
+    }
+    let max_context = (prompt.len() + args.max_tokens).max(args.budget);
+    let select = SelectParams::new(args.method).budget(args.budget).max_context(max_context);
+    let mut runner = model.runner(&select, args.model.dense_layers)?;
+    let started = Instant::now();
+    let (mut seq, hidden) = runner.prefill(&prompt)?;
+    let h = model.config().hidden;
+    let mut next = argmax(&model.logits(&hidden[(prompt.len() - 1) * h..]));
+    let mut generated = Vec::new();
+    let mut shown = 0;
+    let mut out = std::io::stdout();
+    print!("{}", args.prompt);
+    while generated.len() < args.max_tokens && Some(next) != tokenizer.eos_id() {
+        generated.push(next);
+        // Decode everything generated so far and print what is new, so that characters
+        // split over several tokens come out whole.
+        let text = tokenizer.decode(&generated)?;
+        if !text.ends_with('\u{FFFD}') {
+            print!("{}", &text[shown..]);
+            out.flush()?;
+            shown = text.len();
+        }
+        let hidden = runner.decode(&mut [(&mut seq, next)])?;
+        next = argmax(&model.logits(&hidden));
+    }
+    println!();
+    let seconds = started.elapsed().as_secs_f64();
+    eprintln!("{} tokens generated in {seconds:.1} s ({})", generated.len(), args.method);
+    Ok(())
+}
+
+/// The index of the largest logit (the lowest on ties).
+fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
 }
 
 fn simulate_command(args: SimulateArgs) -> Result<(), Box<dyn std::error::Error>> {

@@ -1,0 +1,242 @@
+//! The forward pass: embeddings, RMSNorm, RoPE, attention through `ckv-attn`'s per-layer
+//! pipeline, SwiGLU FFN, tied output. Prefill takes a whole prompt; decode takes one token
+//! per sequence for a batch of sequences.
+
+use std::path::Path;
+
+use ckv_attn::{DecodeInput, LayerPipeline, PipelineConfig, PrefillInput, SeqId};
+use ckv_select::SelectParams;
+use half::f16;
+use rayon::prelude::*;
+
+use crate::ops::{linear, rms_norm, rope, swiglu};
+use crate::weights::{Block, Weights};
+use crate::{GgufFile, LlamaConfig, ModelError};
+
+/// A loaded model: configuration and weights (dequantized to `f32`).
+#[derive(Debug, Clone)]
+pub struct Model {
+    config: LlamaConfig,
+    weights: Weights,
+    inv_freq: Vec<f32>,
+}
+
+impl Model {
+    /// Loads a Llama-family GGUF file.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, ModelError> {
+        Self::from_gguf(&GgufFile::open(path)?)
+    }
+
+    /// Builds the model from an open GGUF file.
+    pub fn from_gguf(gguf: &GgufFile) -> Result<Self, ModelError> {
+        let config = LlamaConfig::from_gguf(gguf)?;
+        let weights = Weights::load(gguf, &config)?;
+        let d = config.head_dim;
+        let inv_freq = (0..d / 2).map(|i| config.rope_base.powf(-2.0 * i as f32 / d as f32)).collect();
+        Ok(Self { config, weights, inv_freq })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// A runner whose attention selects with `select` in every layer from `dense_layers` on
+    /// (the layers before attend densely).
+    pub fn runner(&self, select: &SelectParams, dense_layers: usize) -> Result<Runner<'_>, ModelError> {
+        let c = &self.config;
+        let layers = (0..c.n_layers)
+            .map(|l| {
+                let config = PipelineConfig::new(c.n_heads, c.n_kv_heads, c.head_dim, select.clone())
+                    .layer(l, dense_layers)
+                    .validate()?;
+                Ok(LayerPipeline::new(config))
+            })
+            .collect::<Result<Vec<_>, ModelError>>()?;
+        Ok(Runner { model: self, layers })
+    }
+
+    /// Logits `[n, vocab]` of final hidden states `[n, hidden]`.
+    pub fn logits(&self, hidden: &[f32]) -> Vec<f32> {
+        let head = self.weights.output.as_ref().unwrap_or(&self.weights.embed);
+        let n = hidden.len() / self.config.hidden;
+        let mut out = vec![0.0f32; n * self.config.vocab];
+        linear(hidden, &head.w, head.inp, &mut out);
+        out
+    }
+
+    fn check_tokens(&self, tokens: &[u32]) -> Result<(), ModelError> {
+        match tokens.iter().find(|&&t| t as usize >= self.config.vocab) {
+            Some(&id) => Err(ModelError::TokenOutOfRange { id, vocab: self.config.vocab }),
+            None => Ok(()),
+        }
+    }
+
+    fn embed(&self, tokens: &[u32]) -> Vec<f32> {
+        let h = self.config.hidden;
+        tokens
+            .iter()
+            .flat_map(|&t| &self.weights.embed.w[t as usize * h..(t as usize + 1) * h])
+            .copied()
+            .collect()
+    }
+
+    /// The final RMSNorm of hidden states `[n, hidden]`.
+    fn final_norm(&self, x: &[f32]) -> Vec<f32> {
+        let mut out = vec![0.0f32; x.len()];
+        rms_norm(x, &self.weights.output_norm, self.config.eps, &mut out);
+        out
+    }
+}
+
+/// A sequence held by a [`Runner`]: its id in every layer and its length.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sequence {
+    ids: Vec<SeqId>,
+    len: usize,
+}
+
+impl Sequence {
+    /// Tokens processed so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no token was processed.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Runs the model with one attention method; holds the KV of its sequences.
+pub struct Runner<'m> {
+    model: &'m Model,
+    layers: Vec<LayerPipeline<f16>>,
+}
+
+/// Activations of one block for `n` rows.
+struct Activations {
+    normed: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    attn: Vec<f32>,
+    proj: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+}
+
+impl Activations {
+    fn new(c: &LlamaConfig, n: usize) -> Self {
+        let kv = c.n_kv_heads * c.head_dim;
+        Self {
+            normed: vec![0.0; n * c.hidden],
+            q: vec![0.0; n * c.hidden],
+            k: vec![0.0; n * kv],
+            v: vec![0.0; n * kv],
+            attn: vec![0.0; n * c.hidden],
+            proj: vec![0.0; n * c.hidden],
+            gate: vec![0.0; n * c.ffn],
+            up: vec![0.0; n * c.ffn],
+        }
+    }
+}
+
+impl Runner<'_> {
+    /// Adds a sequence from its prompt: dense attention over the prompt, then clustering.
+    /// Returns the sequence and the final hidden states `[P, hidden]` (see [`Model::logits`]).
+    pub fn prefill(&mut self, tokens: &[u32]) -> Result<(Sequence, Vec<f32>), ModelError> {
+        let model = self.model;
+        model.check_tokens(tokens)?;
+        let c = &model.config;
+        let n = tokens.len();
+        let mut x = model.embed(tokens);
+        let mut a = Activations::new(c, n);
+        let mut ids = Vec::with_capacity(c.n_layers);
+        for (block, layer) in model.weights.blocks.iter().zip(&mut self.layers) {
+            project_qkv(model, block, &x, &mut a, |row| row);
+            let prompt = PrefillInput { keys: &a.k, values: &a.v, queries: Some(&a.q) };
+            ids.push(layer.prefill(prompt, Some(&mut a.attn))?);
+            finish_block(model, block, &mut x, &mut a);
+        }
+        Ok((Sequence { ids, len: n }, model.final_norm(&x)))
+    }
+
+    /// Decodes one token for each `(sequence, token)` of `batch` (distinct sequences).
+    /// Returns the final hidden states `[batch.len(), hidden]`.
+    pub fn decode(&mut self, batch: &mut [(&mut Sequence, u32)]) -> Result<Vec<f32>, ModelError> {
+        let model = self.model;
+        let tokens: Vec<u32> = batch.iter().map(|(_, t)| *t).collect();
+        model.check_tokens(&tokens)?;
+        let c = &model.config;
+        let (q_width, kv_width) = (c.hidden, c.n_kv_heads * c.head_dim);
+        let positions: Vec<usize> = batch.iter().map(|(s, _)| s.len).collect();
+        let mut x = model.embed(&tokens);
+        let mut a = Activations::new(c, batch.len());
+        for (l, (block, layer)) in model.weights.blocks.iter().zip(&mut self.layers).enumerate() {
+            project_qkv(model, block, &x, &mut a, |row| positions[row]);
+            let inputs: Vec<DecodeInput<'_>> = batch
+                .iter()
+                .enumerate()
+                .map(|(b, (seq, _))| DecodeInput {
+                    seq: seq.ids[l],
+                    query: &a.q[b * q_width..(b + 1) * q_width],
+                    key: &a.k[b * kv_width..(b + 1) * kv_width],
+                    value: &a.v[b * kv_width..(b + 1) * kv_width],
+                })
+                .collect();
+            layer.decode(&inputs, &mut a.attn)?;
+            finish_block(model, block, &mut x, &mut a);
+        }
+        for (seq, _) in batch.iter_mut() {
+            seq.len += 1;
+        }
+        Ok(model.final_norm(&x))
+    }
+
+    /// Frees a sequence's KV in every layer.
+    pub fn remove(&mut self, seq: Sequence) -> Result<(), ModelError> {
+        for (layer, id) in self.layers.iter_mut().zip(seq.ids) {
+            layer.remove(id)?;
+        }
+        Ok(())
+    }
+}
+
+/// Normalises `x` and computes q, k (both rotated at `position(row)`) and v.
+fn project_qkv(
+    model: &Model,
+    block: &Block,
+    x: &[f32],
+    a: &mut Activations,
+    position: impl Fn(usize) -> usize + Sync,
+) {
+    let c = &model.config;
+    rms_norm(x, &block.attn_norm, c.eps, &mut a.normed);
+    linear(&a.normed, &block.wq.w, c.hidden, &mut a.q);
+    linear(&a.normed, &block.wk.w, c.hidden, &mut a.k);
+    linear(&a.normed, &block.wv.w, c.hidden, &mut a.v);
+    let kv_width = c.n_kv_heads * c.head_dim;
+    let inv_freq = &model.inv_freq;
+    a.q.par_chunks_mut(c.hidden).enumerate().for_each(|(row, q)| rope(q, position(row), inv_freq));
+    a.k.par_chunks_mut(kv_width).enumerate().for_each(|(row, k)| rope(k, position(row), inv_freq));
+}
+
+/// Output projection and residual, then the SwiGLU FFN and residual.
+fn finish_block(model: &Model, block: &Block, x: &mut [f32], a: &mut Activations) {
+    let c = &model.config;
+    linear(&a.attn, &block.wo.w, c.hidden, &mut a.proj);
+    add(x, &a.proj);
+    rms_norm(x, &block.ffn_norm, c.eps, &mut a.normed);
+    linear(&a.normed, &block.gate.w, c.hidden, &mut a.gate);
+    linear(&a.normed, &block.up.w, c.hidden, &mut a.up);
+    swiglu(&mut a.gate, &a.up);
+    linear(&a.gate, &block.down.w, c.ffn, &mut a.proj);
+    add(x, &a.proj);
+}
+
+fn add(x: &mut [f32], y: &[f32]) {
+    for (x, y) in x.iter_mut().zip(y) {
+        *x += y;
+    }
+}
