@@ -24,6 +24,12 @@ pub enum AttnError {
     /// A sequence id the pipeline does not hold.
     #[error("unknown sequence {0}")]
     UnknownSequence(SeqId),
+    /// A decode step for a sequence whose prefill is not finished.
+    #[error("sequence {0} is still in prefill: call finish_prefill before decoding")]
+    InPrefill(SeqId),
+    /// A prompt chunk for a sequence whose prefill is finished.
+    #[error("sequence {0} has finished its prefill: prompt chunks are no longer accepted")]
+    PrefillClosed(SeqId),
     /// The same sequence twice in one batch.
     #[error("sequence {0} appears twice in one decode batch")]
     DuplicateSequence(SeqId),

@@ -58,6 +58,8 @@ struct HeadState<E: Element> {
 struct SeqState<E: Element> {
     heads: Vec<HeadState<E>>,
     clustered_end: u32,
+    /// Still taking prompt chunks; not clustered yet.
+    prefilling: bool,
     /// The last step's output, `[Hq, d]`.
     out: Vec<f32>,
 }
@@ -89,45 +91,32 @@ impl<E: Element> LayerPipeline<E> {
 
     /// Adds a sequence from its prompt of `P` tokens: stores the KV, attends densely
     /// (causal) when queries are given, writing `[P, Hq, d]` into `out`, then clusters the
-    /// keys of `[s, P)`.
+    /// keys of `[s, P)`. The same as [`add_sequence`](Self::add_sequence), one
+    /// [`extend`](Self::extend) and [`finish_prefill`](Self::finish_prefill).
     pub fn prefill(&mut self, input: PrefillInput<'_>, out: Option<&mut [f32]>) -> Result<SeqId, AttnError> {
+        let seq = self.add_sequence()?;
+        let result = self.extend(seq, input, out).and_then(|()| self.finish_prefill(seq));
+        if result.is_err() {
+            self.seqs[seq.0] = None;
+        }
+        result.map(|()| seq)
+    }
+
+    /// Adds an empty sequence in prefill: its prompt comes in chunks through
+    /// [`extend`](Self::extend), then [`finish_prefill`](Self::finish_prefill) clusters it.
+    pub fn add_sequence(&mut self) -> Result<SeqId, AttnError> {
         let cfg = &self.config;
-        let (hq, hkv, d) = (cfg.n_q_heads(), cfg.n_kv_heads(), cfg.head_dim());
-        let prompt = input.keys.len() / (hkv * d);
-        check_values::<E>("keys", input.keys, prompt * hkv * d)?;
-        check_values::<E>("values", input.values, prompt * hkv * d)?;
-        if let Some(queries) = input.queries {
-            check_values::<f32>("queries", queries, prompt * hq * d)?;
-            let given = out.as_ref().map_or(0, |o| o.len());
-            if given != prompt * hq * d {
-                return Err(ValueError::Shape { what: "out", expected: prompt * hq * d, given }.into());
-            }
-        }
-        let select = cfg.select();
-        if let Some(max_context) = select.max_context()
-            && prompt > max_context
-        {
-            return Err(ckv_select::SelectError::ContextTooLong { context: prompt, max_context }.into());
-        }
-        // Ids are never reused, so a stale id of a removed sequence stays unknown.
-        let id = self.seqs.len();
-        let sink = select.sink();
-        let max_context = select.max_context().unwrap_or(prompt + 1);
-        let attended = select.max_attended(max_context);
-        let heads = (0..hkv)
+        let (hq, d, select) = (cfg.n_q_heads(), cfg.head_dim(), cfg.select());
+        let capacity = select.max_context().unwrap_or(0);
+        let attended = select.max_attended(capacity);
+        let heads = (0..cfg.n_kv_heads())
             .map(|h| {
-                let mut kv = HeadKv::with_capacity(d, max_context)?;
-                let rows = |src: &[f32]| -> Vec<f32> {
-                    (0..prompt)
-                        .flat_map(|t| &src[(t * hkv + h) * d..(t * hkv + h + 1) * d])
-                        .copied()
-                        .collect()
-                };
-                kv.extend(&rows(input.keys), &rows(input.values))?;
-                let seed = derive_seed(select.seed(), &[cfg.layer() as u64, h as u64]);
                 Ok(HeadState {
-                    kv,
-                    selector: new_selector(select, seed),
+                    kv: HeadKv::with_capacity(d, capacity)?,
+                    selector: new_selector(
+                        select,
+                        derive_seed(select.seed(), &[cfg.layer() as u64, h as u64]),
+                    ),
                     selections: (0..select.gqa().selections_per_group(cfg.group()))
                         .map(|_| Vec::with_capacity(attended))
                         .collect(),
@@ -135,47 +124,71 @@ impl<E: Element> LayerPipeline<E> {
                 })
             })
             .collect::<Result<Vec<_>, AttnError>>()?;
-        let mut state = SeqState { heads, clustered_end: prompt.max(sink) as u32, out: vec![0.0; hq * d] };
-        if let (Some(queries), Some(out)) = (input.queries, out) {
-            self.prefill_attention(&mut state, queries, out);
-        }
-        let prompt = prompt as u32;
-        state.heads.par_iter_mut().try_for_each(|head| {
-            head.selector.grow(head.kv.keys(), d, sink as u32..prompt.max(sink as u32), Growth::Prompt)
-        })?;
-        self.seqs.push(Some(state));
-        Ok(SeqId(id))
+        let clustered_end = select.sink() as u32;
+        // Ids are never reused, so a stale id of a removed sequence stays unknown.
+        self.seqs.push(Some(SeqState { heads, clustered_end, prefilling: true, out: vec![0.0; hq * d] }));
+        Ok(SeqId(self.seqs.len() - 1))
     }
 
-    /// Dense causal attention over the prompt, parallel over query heads; every selector
-    /// observes the attention its tokens received (summed over queries and the group).
-    fn prefill_attention(&self, state: &mut SeqState<E>, queries: &[f32], out: &mut [f32]) {
+    /// Appends a chunk of `n` prompt tokens to a sequence in prefill: stores the KV and, when
+    /// queries are given, attends each query densely and causally to everything stored so
+    /// far, writing `[n, Hq, d]` into `out`. On error nothing has changed.
+    pub fn extend(
+        &mut self,
+        seq: SeqId,
+        input: PrefillInput<'_>,
+        out: Option<&mut [f32]>,
+    ) -> Result<(), AttnError> {
         let cfg = &self.config;
-        let (hq, d, g) = (cfg.n_q_heads(), cfg.head_dim(), cfg.group());
-        let prompt = state.len();
-        let per_head: Vec<(Vec<f32>, Vec<f32>)> = (0..hq)
-            .into_par_iter()
-            .map(|h| {
-                let kv = &state.heads[h / g].kv;
-                let (mut probs, mut outs, mut received) =
-                    (Vec::new(), vec![0.0; prompt * d], vec![0.0f32; prompt]);
-                for (t, o) in outs.chunks_exact_mut(d).enumerate() {
-                    let q = &queries[(t * hq + h) * d..(t * hq + h + 1) * d];
-                    attend_rows(q, kv.keys(), kv.values(), 0..=t, cfg.scale(), &mut probs, o);
-                    for (r, p) in received.iter_mut().zip(&probs) {
-                        *r += p;
-                    }
-                }
-                (outs, received)
-            })
-            .collect();
-        let ids: Vec<u32> = (0..prompt as u32).collect();
-        for (h, (outs, received)) in per_head.iter().enumerate() {
-            for (t, o) in outs.chunks_exact(d).enumerate() {
-                out[(t * hq + h) * d..(t * hq + h + 1) * d].copy_from_slice(o);
-            }
-            state.heads[h / g].selector.observe(&ids, received);
+        let (hq, hkv, d) = (cfg.n_q_heads(), cfg.n_kv_heads(), cfg.head_dim());
+        let state = self.state(seq)?;
+        if !state.prefilling {
+            return Err(AttnError::PrefillClosed(seq));
         }
+        let n = input.keys.len() / (hkv * d);
+        check_values::<E>("keys", input.keys, n * hkv * d)?;
+        check_values::<E>("values", input.values, n * hkv * d)?;
+        if let Some(queries) = input.queries {
+            check_values::<f32>("queries", queries, n * hq * d)?;
+            let given = out.as_ref().map_or(0, |o| o.len());
+            if given != n * hq * d {
+                return Err(ValueError::Shape { what: "out", expected: n * hq * d, given }.into());
+            }
+        }
+        let context = state.len() + n;
+        if let Some(max_context) = cfg.select().max_context()
+            && context > max_context
+        {
+            return Err(ckv_select::SelectError::ContextTooLong { context, max_context }.into());
+        }
+        let Some(Some(state)) = self.seqs.get_mut(seq.0) else { return Err(AttnError::UnknownSequence(seq)) };
+        let base = state.len();
+        for (h, head) in state.heads.iter_mut().enumerate() {
+            let rows = |src: &[f32]| -> Vec<f32> {
+                (0..n).flat_map(|t| &src[(t * hkv + h) * d..(t * hkv + h + 1) * d]).copied().collect()
+            };
+            head.kv.extend(&rows(input.keys), &rows(input.values))?;
+        }
+        if let (Some(queries), Some(out)) = (input.queries, out) {
+            prefill_attention(cfg, state, base, queries, out);
+        }
+        Ok(())
+    }
+
+    /// Ends the prefill of `seq`: clusters the keys of `[s, P)`; decoding may start.
+    pub fn finish_prefill(&mut self, seq: SeqId) -> Result<(), AttnError> {
+        let (d, sink) = (self.config.head_dim(), self.config.select().sink() as u32);
+        let Some(Some(state)) = self.seqs.get_mut(seq.0) else { return Err(AttnError::UnknownSequence(seq)) };
+        if !state.prefilling {
+            return Err(AttnError::PrefillClosed(seq));
+        }
+        let prompt = state.len() as u32;
+        state.heads.par_iter_mut().try_for_each(|head| {
+            head.selector.grow(head.kv.keys(), d, sink..prompt.max(sink), Growth::Prompt)
+        })?;
+        state.clustered_end = prompt.max(sink);
+        state.prefilling = false;
+        Ok(())
     }
 
     /// Decodes one new token for each sequence of `batch` (distinct sequences, any subset,
@@ -199,6 +212,9 @@ impl<E: Element> LayerPipeline<E> {
         for (b, input) in batch.iter().enumerate() {
             let state = self.seqs.get(input.seq.0).and_then(Option::as_ref);
             let state = state.ok_or(AttnError::UnknownSequence(input.seq))?;
+            if state.prefilling {
+                return Err(AttnError::InPrefill(input.seq));
+            }
             if self.batch_slot[input.seq.0] != usize::MAX {
                 return Err(AttnError::DuplicateSequence(input.seq));
             }
@@ -285,6 +301,42 @@ impl<E: Element> LayerPipeline<E> {
             value: kv_head.to_string(),
             expected: format!("below {n}"),
         })
+    }
+}
+
+/// Dense causal attention of a prompt chunk whose first token is at `base`, parallel over
+/// query heads; every selector observes the attention its tokens received (summed over the
+/// chunk's queries and the group).
+fn prefill_attention<E: Element>(
+    cfg: &ValidPipelineConfig,
+    state: &mut SeqState<E>,
+    base: usize,
+    queries: &[f32],
+    out: &mut [f32],
+) {
+    let (hq, d, g) = (cfg.n_q_heads(), cfg.head_dim(), cfg.group());
+    let (len, n) = (state.len(), state.len() - base);
+    let per_head: Vec<(Vec<f32>, Vec<f32>)> = (0..hq)
+        .into_par_iter()
+        .map(|h| {
+            let kv = &state.heads[h / g].kv;
+            let (mut probs, mut outs, mut received) = (Vec::new(), vec![0.0; n * d], vec![0.0f32; len]);
+            for (i, o) in outs.chunks_exact_mut(d).enumerate() {
+                let q = &queries[(i * hq + h) * d..(i * hq + h + 1) * d];
+                attend_rows(q, kv.keys(), kv.values(), 0..=base + i, cfg.scale(), &mut probs, o);
+                for (r, p) in received.iter_mut().zip(&probs) {
+                    *r += p;
+                }
+            }
+            (outs, received)
+        })
+        .collect();
+    let ids: Vec<u32> = (0..len as u32).collect();
+    for (h, (outs, received)) in per_head.iter().enumerate() {
+        for (i, o) in outs.chunks_exact(d).enumerate() {
+            out[(i * hq + h) * d..(i * hq + h + 1) * d].copy_from_slice(o);
+        }
+        state.heads[h / g].selector.observe(&ids, received);
     }
 }
 

@@ -731,3 +731,46 @@ fn empty_prompt_decodes_densely() {
         assert_eq!(layer.regions(seq).unwrap().clustered(), 4..16, "{method}");
     }
 }
+
+/// A prompt given in chunks through `add_sequence` / `extend` / `finish_prefill` gives
+/// bitwise the outputs, the H2O scores (so the later selections) and the decode steps of one
+/// `prefill`; out-of-order calls are typed errors.
+#[test]
+fn chunked_prefill_is_bitwise_one_prefill() {
+    let (hq, hkv, d, prompt) = (4, 2, 8, 300);
+    let data = SeqData::new(prompt, 6, hq, hkv, d, 91);
+    for method in [Method::ClusterKv, Method::H2o] {
+        let select = SelectParams::new(method).budget(64).sink(4);
+        let mut whole = pipeline::<f32>(hq, hkv, d, select.clone());
+        let mut whole_out = vec![0.0f32; prompt * hq * d];
+        let input = PrefillInput { queries: Some(&data.queries), ..data.prefill() };
+        let a = whole.prefill(input, Some(&mut whole_out)).unwrap();
+        let mut chunked = pipeline::<f32>(hq, hkv, d, select);
+        let b = chunked.add_sequence().unwrap();
+        let mut chunked_out = vec![0.0f32; prompt * hq * d];
+        let mut start = 0;
+        for n in [1, 99, 150, 50] {
+            let (kv, q) = (start * hkv * d..(start + n) * hkv * d, start * hq * d..(start + n) * hq * d);
+            let chunk = PrefillInput {
+                keys: &data.keys[kv.clone()],
+                values: &data.values[kv],
+                queries: Some(&data.queries[q.clone()]),
+            };
+            chunked.extend(b, chunk, Some(&mut chunked_out[q])).unwrap();
+            start += n;
+        }
+        let mut out = vec![0.0f32; hq * d];
+        assert_eq!(chunked.decode(&[data.input(b, 0)], &mut out), Err(AttnError::InPrefill(b)));
+        chunked.finish_prefill(b).unwrap();
+        assert_eq!(bits(&whole_out), bits(&chunked_out), "{method}: prefill outputs");
+        assert_eq!(chunked.finish_prefill(b), Err(AttnError::PrefillClosed(b)));
+        assert_eq!(chunked.extend(b, data.prefill(), None), Err(AttnError::PrefillClosed(b)));
+        let mut other = vec![0.0f32; hq * d];
+        for i in 0..6 {
+            whole.decode(&[data.input(a, i)], &mut out).unwrap();
+            chunked.decode(&[data.input(b, i)], &mut other).unwrap();
+            assert_eq!(bits(&out), bits(&other), "{method}: decode step {i}");
+            assert_eq!(whole.selection(a, 1).unwrap(), chunked.selection(b, 1).unwrap());
+        }
+    }
+}

@@ -7,7 +7,8 @@
 //! - [`Tokenizer`]: byte-level BPE rebuilt from the GGUF metadata with `tokenizers`.
 //! - [`Model`] and [`Runner`]: embeddings, RMSNorm, RoPE (adjacent pairs), attention through
 //!   one `LayerPipeline` per layer for a batch of sequences, SwiGLU FFN, tied output.
-//!   Prefill takes a whole prompt (dense, then clustering); decode one token per sequence.
+//!   Prefill takes a prompt in chunks (dense, causal; clustering at the end); decode takes
+//!   one token per sequence.
 //!
 //! ```no_run
 //! use ckv_model::{GgufFile, Model, Tokenizer, nll};
@@ -37,6 +38,6 @@ pub use config::LlamaConfig;
 pub use dequant::{GgmlType, dequantize};
 pub use error::{GgufError, ModelError};
 pub use gguf::{GgufFile, GgufValue, TensorInfo};
-pub use model::{Model, Runner, Sequence};
+pub use model::{Model, PREFILL_CHUNK, Runner, Sequence};
 pub use ops::nll;
 pub use tokenizer::{Tokenizer, TokenizerError};

@@ -1,5 +1,5 @@
 //! The forward pass: embeddings, RMSNorm, RoPE, attention through `ckv-attn`'s per-layer
-//! pipeline, SwiGLU FFN, tied output. Prefill takes a whole prompt; decode takes one token
+//! pipeline, SwiGLU FFN, tied output. Prefill takes a prompt in chunks; decode takes one token
 //! per sequence for a batch of sequences.
 
 use std::path::Path;
@@ -53,7 +53,7 @@ impl Model {
                 Ok(LayerPipeline::new(config))
             })
             .collect::<Result<Vec<_>, ModelError>>()?;
-        Ok(Runner { model: self, layers })
+        Ok(Runner { model: self, layers, prefill_chunk: PREFILL_CHUNK })
     }
 
     /// Logits `[n, vocab]` of final hidden states `[n, hidden]`.
@@ -108,10 +108,14 @@ impl Sequence {
     }
 }
 
+/// Prompt tokens per prefill chunk by default: bounds the activations of a long prompt.
+pub const PREFILL_CHUNK: usize = 512;
+
 /// Runs the model with one attention method; holds the KV of its sequences.
 pub struct Runner<'m> {
     model: &'m Model,
     layers: Vec<LayerPipeline<f16>>,
+    prefill_chunk: usize,
 }
 
 /// Activations of one block for `n` rows.
@@ -143,23 +147,46 @@ impl Activations {
 }
 
 impl Runner<'_> {
-    /// Adds a sequence from its prompt: dense attention over the prompt, then clustering.
-    /// Returns the sequence and the final hidden states `[P, hidden]` (see [`Model::logits`]).
+    /// Prompt tokens per prefill chunk (default [`PREFILL_CHUNK`]); `0` is taken as 1.
+    pub fn with_prefill_chunk(mut self, tokens: usize) -> Self {
+        self.prefill_chunk = tokens.max(1);
+        self
+    }
+
+    /// Adds a sequence from its prompt, in chunks: each chunk attends densely (causal) to
+    /// everything before it; the prompt is clustered at the end. Returns the sequence and the
+    /// final hidden states `[P, hidden]` (see [`Model::logits`]).
     pub fn prefill(&mut self, tokens: &[u32]) -> Result<(Sequence, Vec<f32>), ModelError> {
         let model = self.model;
         model.check_tokens(tokens)?;
         let c = &model.config;
-        let n = tokens.len();
-        let mut x = model.embed(tokens);
-        let mut a = Activations::new(c, n);
-        let mut ids = Vec::with_capacity(c.n_layers);
-        for (block, layer) in model.weights.blocks.iter().zip(&mut self.layers) {
-            project_qkv(model, block, &x, &mut a, |row| row);
-            let prompt = PrefillInput { keys: &a.k, values: &a.v, queries: Some(&a.q) };
-            ids.push(layer.prefill(prompt, Some(&mut a.attn))?);
-            finish_block(model, block, &mut x, &mut a);
+        let ids = self.layers.iter_mut().map(LayerPipeline::add_sequence).collect::<Result<Vec<_>, _>>()?;
+        let mut hidden = Vec::with_capacity(tokens.len() * c.hidden);
+        let result = (|| {
+            for (i, chunk) in tokens.chunks(self.prefill_chunk).enumerate() {
+                let base = i * self.prefill_chunk;
+                let mut x = model.embed(chunk);
+                let mut a = Activations::new(c, chunk.len());
+                for ((block, layer), &id) in model.weights.blocks.iter().zip(&mut self.layers).zip(&ids) {
+                    project_qkv(model, block, &x, &mut a, |row| base + row);
+                    let input = PrefillInput { keys: &a.k, values: &a.v, queries: Some(&a.q) };
+                    layer.extend(id, input, Some(&mut a.attn))?;
+                    finish_block(model, block, &mut x, &mut a);
+                }
+                hidden.extend(model.final_norm(&x));
+            }
+            for (layer, &id) in self.layers.iter_mut().zip(&ids) {
+                layer.finish_prefill(id)?;
+            }
+            Ok(())
+        })();
+        if let Err(err) = result {
+            for (layer, &id) in self.layers.iter_mut().zip(&ids) {
+                let _ = layer.remove(id);
+            }
+            return Err(err);
         }
-        Ok((Sequence { ids, len: n }, model.final_norm(&x)))
+        Ok((Sequence { ids, len: tokens.len() }, hidden))
     }
 
     /// Decodes one token for each `(sequence, token)` of `batch` (distinct sequences).

@@ -111,3 +111,22 @@ fn dense_perplexity_of_the_first_256_tokens() {
     const RECORDED: f64 = 59.585;
     assert!((ppl / RECORDED - 1.0).abs() < 0.005, "dense perplexity {ppl}, recorded {RECORDED}");
 }
+
+#[test]
+fn chunked_prefill_matches_one_pass() {
+    let Some(model) = model() else {
+        eprintln!("skipped: no default model (run `cargo xtask fetch` or set CKV_MODEL)");
+        return;
+    };
+    let tokens = tokens(40);
+    let select = SelectParams::new(Method::ClusterKv).budget(64).sink(4).tokens_per_cluster(8);
+    let one_pass = model.runner(&select, 2).unwrap().with_prefill_chunk(1000).prefill(&tokens).unwrap().1;
+    let mut chunked_runner = model.runner(&select, 2).unwrap().with_prefill_chunk(7);
+    let (mut seq, chunked) = chunked_runner.prefill(&tokens).unwrap();
+    let err = rel_err(&model.logits(&one_pass), &model.logits(&chunked));
+    assert!(err <= 1e-5, "chunked prefill differs from one pass: relative error {err}");
+    // The chunked sequence decodes normally afterwards.
+    assert_eq!(seq.len(), 40);
+    chunked_runner.decode(&mut [(&mut seq, 5)]).unwrap();
+    assert_eq!(seq.len(), 41);
+}
