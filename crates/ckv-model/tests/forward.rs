@@ -2,18 +2,14 @@
 //! not been run and `CKV_MODEL` is unset): decode agrees with prefill, and ClusterKV with a
 //! budget that covers the context is exactly dense.
 
+mod common;
+
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use ckv_model::{GgufFile, Model, Sequence, Tokenizer, nll};
 use ckv_select::{Method, SelectParams};
-
-fn asset(var: &str, file: &str) -> Option<PathBuf> {
-    let path = std::env::var_os(var)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets").join(file));
-    path.exists().then_some(path)
-}
+use common::asset;
 
 fn model_path() -> Option<PathBuf> {
     asset("CKV_MODEL", "SmolLM2-135M-Instruct.Q4_1.gguf")

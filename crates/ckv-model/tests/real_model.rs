@@ -2,15 +2,15 @@
 //! (or `CKV_MODEL` names a file): its architecture facts, and every tensor dequantizes to
 //! finite values. Without the file the test says it skipped, in one line.
 
+mod common;
+
 use std::path::PathBuf;
 
 use ckv_model::{GgmlType, GgufFile};
+use common::asset;
 
 fn model_path() -> Option<PathBuf> {
-    let path = std::env::var_os("CKV_MODEL").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets/SmolLM2-135M-Instruct.Q4_1.gguf")
-    });
-    path.exists().then_some(path)
+    asset("CKV_MODEL", "SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
 #[test]

@@ -3,86 +3,15 @@
 //! section 7 when `cargo xtask fetch` has put them in `assets/` (or `CKV_MODEL` and
 //! `CKV_TEXT` name them). Without those files the model tests say they skipped, in one line.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+mod common;
+
 use std::time::Instant;
 
 use ckv_model::{GgufError, GgufFile, Tokenizer, TokenizerError};
+use common::{Val, asset, gguf_bytes, temp_file};
 
 // ---------------------------------------------------------------------------------------
 // Tiny GGUF files.
-
-/// A metadata value to write.
-enum Val {
-    U32(u32),
-    Str(&'static str),
-    Strs(Vec<&'static str>),
-    I32s(Vec<i32>),
-}
-
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    out.extend((s.len() as u64).to_le_bytes());
-    out.extend(s.as_bytes());
-}
-
-fn put_val(out: &mut Vec<u8>, v: &Val) {
-    match v {
-        Val::U32(x) => out.extend(4u32.to_le_bytes().into_iter().chain(x.to_le_bytes())),
-        Val::Str(s) => {
-            out.extend(8u32.to_le_bytes());
-            put_str(out, s);
-        }
-        Val::Strs(items) => {
-            out.extend(9u32.to_le_bytes().into_iter().chain(8u32.to_le_bytes()));
-            out.extend((items.len() as u64).to_le_bytes());
-            for s in items {
-                put_str(out, s);
-            }
-        }
-        Val::I32s(items) => {
-            out.extend(9u32.to_le_bytes().into_iter().chain(5u32.to_le_bytes()));
-            out.extend((items.len() as u64).to_le_bytes());
-            out.extend(items.iter().flat_map(|x| x.to_le_bytes()));
-        }
-    }
-}
-
-/// The bytes of a GGUF v3 file with metadata only.
-fn gguf_bytes(metadata: &[(&str, Val)]) -> Vec<u8> {
-    let mut out = b"GGUF".to_vec();
-    out.extend(3u32.to_le_bytes());
-    out.extend(0u64.to_le_bytes());
-    out.extend((metadata.len() as u64).to_le_bytes());
-    for (key, v) in metadata {
-        put_str(&mut out, key);
-        put_val(&mut out, v);
-    }
-    out
-}
-
-/// A file removed when dropped.
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn new(bytes: &[u8]) -> Self {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path =
-            std::env::temp_dir().join(format!("ckv-model-tokenizer-test-{}-{n}.gguf", std::process::id()));
-        std::fs::write(&path, bytes).unwrap();
-        Self(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
 
 /// The tokenizer metadata of a tiny byte-level vocabulary, SmolLM2-style.
 fn tiny_metadata() -> Vec<(&'static str, Val)> {
@@ -124,7 +53,7 @@ fn tiny_with(key: &'static str, val: Option<Val>) -> Vec<(&'static str, Val)> {
 }
 
 fn build(metadata: &[(&str, Val)]) -> Result<Tokenizer, TokenizerError> {
-    let file = TempFile::new(&gguf_bytes(metadata));
+    let file = temp_file(&gguf_bytes(metadata, &[], 32));
     let gguf = GgufFile::open(file.path()).unwrap();
     Tokenizer::from_gguf(&gguf)
 }
@@ -223,13 +152,6 @@ fn typed_errors() {
 
 // ---------------------------------------------------------------------------------------
 // The default model and text.
-
-fn asset(var: &str, name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os(var)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets").join(name));
-    path.exists().then_some(path)
-}
 
 fn default_tokenizer() -> Option<Tokenizer> {
     let Some(path) = asset("CKV_MODEL", "SmolLM2-135M-Instruct.Q4_1.gguf") else {
