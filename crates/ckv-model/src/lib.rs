@@ -39,5 +39,5 @@ pub use dequant::{GgmlType, dequantize};
 pub use error::{GgufError, ModelError};
 pub use gguf::{GgufFile, GgufValue, TensorInfo};
 pub use model::{Model, PREFILL_CHUNK, Runner, Sequence};
-pub use ops::nll;
+pub use ops::{nll, rope, rope_inv_freq};
 pub use tokenizer::{Tokenizer, TokenizerError};

@@ -9,7 +9,7 @@ use ckv_select::SelectParams;
 use half::f16;
 use rayon::prelude::*;
 
-use crate::ops::{linear, rms_norm, rope, swiglu};
+use crate::ops::{linear, rms_norm, rope, rope_inv_freq, swiglu};
 use crate::weights::{Block, Weights};
 use crate::{GgufFile, LlamaConfig, ModelError};
 
@@ -31,8 +31,7 @@ impl Model {
     pub fn from_gguf(gguf: &GgufFile) -> Result<Self, ModelError> {
         let config = LlamaConfig::from_gguf(gguf)?;
         let weights = Weights::load(gguf, &config)?;
-        let d = config.head_dim;
-        let inv_freq = (0..d / 2).map(|i| config.rope_base.powf(-2.0 * i as f32 / d as f32)).collect();
+        let inv_freq = rope_inv_freq(config.rope_base, config.head_dim);
         Ok(Self { config, weights, inv_freq })
     }
 

@@ -37,4 +37,4 @@ pub use error::SimError;
 pub use metrics::{Fidelity, FidelityScratch, fidelity};
 pub use ppl::{PplConfig, PplRecord, perplexity, ppl_table, window_starts};
 pub use sim::{SimConfig, Variant, VariantReport, simulate, table};
-pub use trace::{Trace, TraceConfig, rope};
+pub use trace::{Trace, TraceConfig};

@@ -1,6 +1,7 @@
 //! Seeded synthetic decode traces: clustered keys with RoPE applied, and queries that attend
 //! mostly to a few clusters, so that which tokens a method selects matters.
 
+use ckv_model::{rope, rope_inv_freq};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -90,6 +91,7 @@ impl Trace {
         let (d, hkv, hq) = (c.head_dim, c.n_kv_heads, c.n_q_heads);
         let g = hq / hkv;
         let total = c.context + c.steps;
+        let inv_freq = rope_inv_freq(c.rope_base, d);
         let mut rng = ChaCha8Rng::seed_from_u64(c.seed);
         // Topic centres live in the low-frequency half of the RoPE pairs (the last pairs),
         // where rotation is slow: they stay recognisable after RoPE across the context.
@@ -113,7 +115,7 @@ impl Trace {
                     keys[row + i] = centre[i] + c.noise * normal(&mut rng);
                     values[row + i] = normal(&mut rng);
                 }
-                rope(&mut keys[row..row + d], t, c.rope_base);
+                rope(&mut keys[row..row + d], t, &inv_freq);
             }
         }
         let mut queries = vec![0.0f32; c.steps * hq * d];
@@ -131,7 +133,7 @@ impl Trace {
                 for x in q.iter_mut() {
                     *x += c.noise * normal(&mut rng);
                 }
-                rope(q, t, c.rope_base);
+                rope(q, t, &inv_freq);
             }
         }
         Ok(Self { config: c.clone(), keys, values, queries })
@@ -162,18 +164,6 @@ fn normal(rng: &mut ChaCha8Rng) -> f32 {
     (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
 }
 
-/// Rotates adjacent pairs `(x[2i], x[2i+1])` by `position * base^(-2i/d)`.
-pub fn rope(x: &mut [f32], position: usize, base: f32) {
-    let d = x.len();
-    for (i, pair) in x.chunks_exact_mut(2).enumerate() {
-        let theta = position as f32 * base.powf(-2.0 * i as f32 / d as f32);
-        let (sin, cos) = theta.sin_cos();
-        let (a, b) = (pair[0], pair[1]);
-        pair[0] = a * cos - b * sin;
-        pair[1] = a * sin + b * cos;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,15 +180,5 @@ mod tests {
         let c = Trace::generate(&TraceConfig { seed: 1, ..config.clone() }).unwrap();
         assert_ne!(a.keys, c.keys);
         assert!(Trace::generate(&TraceConfig { head_dim: 7, ..config }).is_err());
-    }
-
-    #[test]
-    fn rope_preserves_norm_and_position_zero() {
-        let mut x = [1.0f32, 2.0, 3.0, 4.0];
-        rope(&mut x, 0, 10000.0);
-        assert_eq!(x, [1.0, 2.0, 3.0, 4.0]);
-        rope(&mut x, 17, 10000.0);
-        let norm: f32 = x.iter().map(|v| v * v).sum();
-        assert!((norm - 30.0).abs() < 1e-4);
     }
 }
