@@ -4,7 +4,8 @@
 //! - [`dense_attention`] and [`sparse_attention`]: decode attention of one query row over
 //!   f16 or f32 KV rows, f32 accumulation, numerically stable softmax; one implementation
 //!   ([`attend_rows`]), so a sparse step over every id is bitwise the dense one.
-//! - [`LayerPipeline`]: prefill (dense causal attention, then clustering of `[s, P)`) and
+//! - [`LayerPipeline`]: prefill (dense causal attention, blocked as matrix products, then
+//!   clustering of `[s, P)`; a [`PrefillSnapshot`] lets one prefill serve every method) and
 //!   decode steps (append, re-cluster every full tail window, select under the budget,
 //!   attend) for a batch of sequences of different lengths, parallel over (sequence, KV
 //!   head); layers below `dense_layers` attend densely.
@@ -31,8 +32,9 @@ mod attention;
 mod config;
 mod error;
 mod pipeline;
+mod prefill;
 
 pub use attention::{attend_rows, dense_attention, sparse_attention};
 pub use config::{PipelineConfig, ValidPipelineConfig};
 pub use error::AttnError;
-pub use pipeline::{DecodeInput, LayerPipeline, PrefillInput, SeqId};
+pub use pipeline::{DecodeInput, LayerPipeline, PrefillInput, PrefillSnapshot, SeqId};

@@ -9,7 +9,8 @@ use ckv_index::ClusterIndex;
 use ckv_select::{GqaPolicy, Growth, Regions, Selector, StepCtx, derive_seed, new_selector, select_group};
 use rayon::prelude::*;
 
-use crate::{AttnError, ValidPipelineConfig, attend_rows, sparse_attention};
+use crate::prefill::{HeadF32, causal_attention};
+use crate::{AttnError, ValidPipelineConfig, sparse_attention};
 
 /// Identifies a sequence held by a [`LayerPipeline`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -46,6 +47,30 @@ pub struct DecodeInput<'a> {
     pub value: &'a [f32],
 }
 
+/// The prompt of one sequence in prefill, taken by [`LayerPipeline::snapshot`]: per KV
+/// head, its KV and the attention each token received from the prompt's queries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrefillSnapshot<E> {
+    heads: Vec<(HeadKv<E>, Vec<f32>)>,
+}
+
+impl<E: Element> PrefillSnapshot<E> {
+    /// Prompt tokens held.
+    pub fn len(&self) -> usize {
+        self.heads.first().map_or(0, |(kv, _)| kv.len())
+    }
+
+    /// Whether no token is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes of KV and attention sums held.
+    pub fn memory_bytes(&self) -> usize {
+        self.heads.iter().map(|(kv, a)| kv.memory_bytes() + std::mem::size_of_val(a.as_slice())).sum()
+    }
+}
+
 /// State of one (sequence, KV head): its KV, its selector and reusable buffers.
 struct HeadState<E: Element> {
     kv: HeadKv<E>,
@@ -53,6 +78,9 @@ struct HeadState<E: Element> {
     /// The ids of the last step: one list per query head, or one per group.
     selections: Vec<Vec<u32>>,
     probs: Vec<f32>,
+    /// Attention each prompt token received from the prompt's queries (summed over the
+    /// group), while in prefill; the selector observes it when the prefill ends.
+    prompt_attention: Vec<f32>,
 }
 
 struct SeqState<E: Element> {
@@ -121,6 +149,7 @@ impl<E: Element> LayerPipeline<E> {
                         .map(|_| Vec::with_capacity(attended))
                         .collect(),
                     probs: Vec::with_capacity(attended),
+                    prompt_attention: Vec::new(),
                 })
             })
             .collect::<Result<Vec<_>, AttnError>>()?;
@@ -184,11 +213,56 @@ impl<E: Element> LayerPipeline<E> {
         }
         let prompt = state.len() as u32;
         state.heads.par_iter_mut().try_for_each(|head| {
+            let attention = std::mem::take(&mut head.prompt_attention);
+            if !attention.is_empty() {
+                let ids: Vec<u32> = (0..attention.len() as u32).collect();
+                head.selector.observe(&ids, &attention);
+            }
             head.selector.grow(head.kv.keys(), d, sink..prompt.max(sink), Growth::Prompt)
         })?;
         state.clustered_end = prompt.max(sink);
         state.prefilling = false;
         Ok(())
+    }
+
+    /// A copy of the prompt of `seq`, still in prefill: its KV and the attention its tokens
+    /// received. [`restore`](Self::restore) starts a sequence from it in any pipeline of the
+    /// same shape, whatever its method: one dense prefill can serve every method.
+    pub fn snapshot(&self, seq: SeqId) -> Result<PrefillSnapshot<E>, AttnError> {
+        let state = self.state(seq)?;
+        if !state.prefilling {
+            return Err(AttnError::PrefillClosed(seq));
+        }
+        let heads = state.heads.iter().map(|h| (h.kv.clone(), h.prompt_attention.clone())).collect();
+        Ok(PrefillSnapshot { heads })
+    }
+
+    /// Adds a sequence in prefill holding the prompt of `snapshot`; more chunks may follow
+    /// through [`extend`](Self::extend), then [`finish_prefill`](Self::finish_prefill)
+    /// clusters it for this pipeline's method.
+    pub fn restore(&mut self, snapshot: &PrefillSnapshot<E>) -> Result<SeqId, AttnError> {
+        let cfg = &self.config;
+        let d = snapshot.heads.first().map_or(cfg.head_dim(), |(kv, _)| kv.d());
+        if snapshot.heads.len() != cfg.n_kv_heads() || d != cfg.head_dim() {
+            return Err(AttnError::InvalidConfig {
+                name: "snapshot",
+                value: format!("{} KV heads of dimension {d}", snapshot.heads.len()),
+                expected: format!("{} KV heads of dimension {}", cfg.n_kv_heads(), cfg.head_dim()),
+            });
+        }
+        let context = snapshot.len();
+        if let Some(max_context) = cfg.select().max_context()
+            && context > max_context
+        {
+            return Err(ckv_select::SelectError::ContextTooLong { context, max_context }.into());
+        }
+        let seq = self.add_sequence()?;
+        let Some(Some(state)) = self.seqs.get_mut(seq.0) else { return Err(AttnError::UnknownSequence(seq)) };
+        for (head, (kv, attention)) in state.heads.iter_mut().zip(&snapshot.heads) {
+            head.kv.extend_from(kv)?;
+            head.prompt_attention.clone_from(attention);
+        }
+        Ok(seq)
     }
 
     /// Decodes one new token for each sequence of `batch` (distinct sequences, any subset,
@@ -304,9 +378,9 @@ impl<E: Element> LayerPipeline<E> {
     }
 }
 
-/// Dense causal attention of a prompt chunk whose first token is at `base`, parallel over
-/// query heads; every selector observes the attention its tokens received (summed over the
-/// chunk's queries and the group).
+/// Dense causal attention of a prompt chunk whose first token is at `base`; each KV head
+/// accumulates the attention its tokens received (summed over the chunk's queries and the
+/// group), which its selector observes when the prefill ends.
 fn prefill_attention<E: Element>(
     cfg: &ValidPipelineConfig,
     state: &mut SeqState<E>,
@@ -314,29 +388,15 @@ fn prefill_attention<E: Element>(
     queries: &[f32],
     out: &mut [f32],
 ) {
-    let (hq, d, g) = (cfg.n_q_heads(), cfg.head_dim(), cfg.group());
-    let (len, n) = (state.len(), state.len() - base);
-    let per_head: Vec<(Vec<f32>, Vec<f32>)> = (0..hq)
-        .into_par_iter()
-        .map(|h| {
-            let kv = &state.heads[h / g].kv;
-            let (mut probs, mut outs, mut received) = (Vec::new(), vec![0.0; n * d], vec![0.0f32; len]);
-            for (i, o) in outs.chunks_exact_mut(d).enumerate() {
-                let q = &queries[(i * hq + h) * d..(i * hq + h + 1) * d];
-                attend_rows(q, kv.keys(), kv.values(), 0..=base + i, cfg.scale(), &mut probs, o);
-                for (r, p) in received.iter_mut().zip(&probs) {
-                    *r += p;
-                }
-            }
-            (outs, received)
-        })
-        .collect();
-    let ids: Vec<u32> = (0..len as u32).collect();
-    for (h, (outs, received)) in per_head.iter().enumerate() {
-        for (i, o) in outs.chunks_exact(d).enumerate() {
-            out[(i * hq + h) * d..(i * hq + h + 1) * d].copy_from_slice(o);
+    let kv: Vec<HeadF32> = state.heads.par_iter().map(|h| HeadF32::new(h.kv.keys(), h.kv.values())).collect();
+    let received = causal_attention(&kv, cfg.group(), cfg.head_dim(), base, queries, cfg.scale(), out);
+    let len = state.len();
+    for (h, received) in received.iter().enumerate() {
+        let total = &mut state.heads[h / cfg.group()].prompt_attention;
+        total.resize(len, 0.0);
+        for (t, r) in total.iter_mut().zip(received) {
+            *t += r;
         }
-        state.heads[h / g].selector.observe(&ids, received);
     }
 }
 

@@ -534,10 +534,12 @@ fn bad_input_gets_typed_errors_and_changes_nothing() {
 }
 
 /// Criterion 6a: prefill with queries writes dense causal attention, computed here directly
-/// in f64 (and bitwise equal to `dense_attention` over each prefix).
+/// in f64, for prompts shorter and longer than a block of queries.
 #[test]
 fn prefill_attention_is_dense_causal() {
-    for (hq, hkv, d, prompt) in [(4usize, 2usize, 7usize, 40usize), (3, 1, 5, 23), (2, 2, 1, 9)] {
+    for (hq, hkv, d, prompt) in
+        [(4usize, 2usize, 7usize, 40usize), (3, 1, 5, 23), (2, 2, 1, 9), (2, 1, 3, 150)]
+    {
         for method in [Method::ClusterKv, Method::H2o, Method::Dense] {
             let select = SelectParams::new(method).budget(16).sink(2);
             let mut layer = pipeline::<f32>(hq, hkv, d, select);
@@ -548,7 +550,6 @@ fn prefill_attention_is_dense_causal() {
             assert_eq!(layer.len(seq), Ok(prompt));
             let scale = f64::from(layer.config().scale());
             let g = hq / hkv;
-            let mut probs = Vec::new();
             for h in 0..hq {
                 let (k, v) = (head_rows(&data.keys, hkv, h / g, d), head_rows(&data.values, hkv, h / g, d));
                 for t in 0..prompt {
@@ -570,17 +571,6 @@ fn prefill_attention_is_dense_causal() {
                             got[i]
                         );
                     }
-                    let mut exact = vec![0.0f32; d];
-                    let rows = (t + 1) * d;
-                    dense_attention(
-                        q,
-                        &k[..rows],
-                        &v[..rows],
-                        layer.config().scale(),
-                        &mut probs,
-                        &mut exact,
-                    );
-                    assert_eq!(bits(got), bits(&exact), "{method} head {h} token {t}");
                 }
             }
         }
@@ -773,4 +763,54 @@ fn chunked_prefill_is_bitwise_one_prefill() {
             assert_eq!(whole.selection(a, 1).unwrap(), chunked.selection(b, 1).unwrap());
         }
     }
+}
+
+/// One dense prefill serves every method: a sequence restored from a snapshot of a dense
+/// pipeline's prefill decodes bitwise as one prefilled by the method itself (H2O included,
+/// whose selection depends on the prompt's attention).
+#[test]
+fn restored_snapshots_decode_like_their_own_prefill() {
+    let (hq, hkv, d, prompt, steps) = (4usize, 2usize, 8usize, 700usize, 40usize);
+    let data = SeqData::new(prompt, steps, hq, hkv, d, 90);
+    let with_queries = || PrefillInput { queries: Some(&data.queries), ..data.prefill() };
+    let select = |method| SelectParams::new(method).budget(96).sink(4).window(30).seed(3);
+    let mut dense = pipeline::<f16>(hq, hkv, d, select(Method::Dense));
+    let dense_seq = dense.add_sequence().unwrap();
+    let mut prefill_out = vec![0.0f32; prompt * hq * d];
+    let (first, rest) = (prompt / 3, prompt - prompt / 3);
+    let chunk = |range: std::ops::Range<usize>| {
+        let (kv, q) = (hkv * d, hq * d);
+        PrefillInput {
+            keys: &data.keys[range.start * kv..range.end * kv],
+            values: &data.values[range.start * kv..range.end * kv],
+            queries: Some(&data.queries[range.start * q..range.end * q]),
+        }
+    };
+    let (a, b) = prefill_out.split_at_mut(first * hq * d);
+    dense.extend(dense_seq, chunk(0..first), Some(a)).unwrap();
+    dense.extend(dense_seq, chunk(first..first + rest), Some(b)).unwrap();
+    let snapshot = dense.snapshot(dense_seq).unwrap();
+    assert_eq!(snapshot.len(), prompt);
+    for method in Method::ALL {
+        let mut own = pipeline::<f16>(hq, hkv, d, select(method));
+        let mut own_out = vec![0.0f32; prompt * hq * d];
+        let own_seq = own.prefill(with_queries(), Some(&mut own_out)).unwrap();
+        let err = rel_err(&own_out, &prefill_out);
+        assert!(err < 1e-6, "{method}: chunked prefill differs by {err}");
+        let mut restored = pipeline::<f16>(hq, hkv, d, select(method));
+        let seq = restored.restore(&snapshot).unwrap();
+        restored.finish_prefill(seq).unwrap();
+        let (mut x, mut y) = (vec![0.0f32; hq * d], vec![0.0f32; hq * d]);
+        for i in 0..steps {
+            own.decode(&[data.input(own_seq, i)], &mut x).unwrap();
+            restored.decode(&[data.input(seq, i)], &mut y).unwrap();
+            assert_eq!(bits(&x), bits(&y), "{method} step {i}");
+            assert_eq!(own.selection(own_seq, 1).unwrap(), restored.selection(seq, 1).unwrap());
+        }
+    }
+    // A snapshot is of a sequence in prefill, into a pipeline of the same shape.
+    let mut other = pipeline::<f16>(hq, 1, d, select(Method::ClusterKv));
+    assert!(matches!(other.restore(&snapshot), Err(AttnError::InvalidConfig { name: "snapshot", .. })));
+    dense.finish_prefill(dense_seq).unwrap();
+    assert_eq!(dense.snapshot(dense_seq).unwrap_err(), AttnError::PrefillClosed(dense_seq));
 }

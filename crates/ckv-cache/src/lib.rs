@@ -94,6 +94,16 @@ impl<E: Element> HeadKv<E> {
         Ok(())
     }
 
+    /// Appends every row of `other`, which must have the same head dimension.
+    pub fn extend_from(&mut self, other: &HeadKv<E>) -> Result<(), CacheError> {
+        if other.d != self.d {
+            return Err(ValueError::Shape { what: "head dimension", expected: self.d, given: other.d }.into());
+        }
+        self.keys.extend_from_slice(&other.keys);
+        self.values.extend_from_slice(&other.values);
+        Ok(())
+    }
+
     fn push(&mut self, keys: &[f32], values: &[f32]) {
         let start = self.keys.len();
         self.keys.resize(start + keys.len(), E::default());

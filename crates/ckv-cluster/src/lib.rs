@@ -42,6 +42,6 @@ pub use dot::{axpy, dot};
 pub use element::Element;
 pub use error::ClusterError;
 pub use kmeans::{kmeans, kmeans_heads};
-pub use matmul::matmul_nt;
+pub use matmul::{matmul_nn, matmul_nt};
 pub use params::{ClusterParams, ValidClusterParams};
 pub use values::{ValueError, check_values};

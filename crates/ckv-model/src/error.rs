@@ -111,6 +111,14 @@ pub enum ModelError {
         /// Vocabulary size.
         vocab: usize,
     },
+    /// A prompt snapshot of a model with another number of layers.
+    #[error("prompt snapshot has {layers} layers, this model has {expected}")]
+    SnapshotMismatch {
+        /// Layers in the snapshot.
+        layers: usize,
+        /// Layers of the model.
+        expected: usize,
+    },
     /// The attention pipeline failed (bad configuration, bad values).
     #[error(transparent)]
     Attn(#[from] ckv_attn::AttnError),

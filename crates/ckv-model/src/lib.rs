@@ -38,6 +38,6 @@ pub use config::LlamaConfig;
 pub use dequant::{GgmlType, dequantize};
 pub use error::{GgufError, ModelError};
 pub use gguf::{GgufFile, GgufValue, TensorInfo};
-pub use model::{Model, PREFILL_CHUNK, Runner, Sequence};
-pub use ops::{nll, rope, rope_inv_freq};
+pub use model::{DecodeObserver, Model, PREFILL_CHUNK, PromptSnapshot, Runner, Sequence};
+pub use ops::{argmax, nll, rope, rope_inv_freq};
 pub use tokenizer::{Tokenizer, TokenizerError};

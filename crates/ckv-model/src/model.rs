@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use ckv_attn::{DecodeInput, LayerPipeline, PipelineConfig, PrefillInput, SeqId};
+use ckv_attn::{DecodeInput, LayerPipeline, PipelineConfig, PrefillInput, PrefillSnapshot, SeqId};
 use ckv_select::SelectParams;
 use half::f16;
 use rayon::prelude::*;
@@ -107,6 +107,35 @@ impl Sequence {
     }
 }
 
+/// The dense prefill of one prompt in every layer, taken by [`Runner::snapshot`] and
+/// restored by [`Runner::restore`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptSnapshot {
+    layers: Vec<PrefillSnapshot<f16>>,
+    len: usize,
+}
+
+impl PromptSnapshot {
+    /// Prompt tokens held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no token is held.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes held (KV of every layer).
+    pub fn memory_bytes(&self) -> usize {
+        self.layers.iter().map(PrefillSnapshot::memory_bytes).sum()
+    }
+}
+
+/// Called by [`Runner::decode_observed`] after each layer's attention step with the layer,
+/// its pipeline and the step's inputs in batch order.
+pub type DecodeObserver<'a> = dyn FnMut(usize, &LayerPipeline<f16>, &[DecodeInput<'_>]) + 'a;
+
 /// Prompt tokens per prefill chunk by default: bounds the activations of a long prompt.
 pub const PREFILL_CHUNK: usize = 512;
 
@@ -156,10 +185,84 @@ impl Runner<'_> {
     /// everything before it; the prompt is clustered at the end. Returns the sequence and the
     /// final hidden states `[P, hidden]` (see [`Model::logits`]).
     pub fn prefill(&mut self, tokens: &[u32]) -> Result<(Sequence, Vec<f32>), ModelError> {
+        let (ids, hidden) = self.prefill_chunks(tokens)?;
+        let seq = Sequence { ids, len: tokens.len() };
+        self.finish(seq).map(|seq| (seq, hidden))
+    }
+
+    /// Prefills `tokens` densely, as [`prefill`](Self::prefill) does, and returns a snapshot
+    /// of the prompt's KV instead of a sequence, with the final hidden states `[P, hidden]`.
+    /// Any runner of the same model restores it with [`restore`](Self::restore), whatever its
+    /// method: one dense prefill serves every method.
+    pub fn snapshot(&mut self, tokens: &[u32]) -> Result<(PromptSnapshot, Vec<f32>), ModelError> {
+        let (ids, hidden) = self.prefill_chunks(tokens)?;
+        let layers: Result<Vec<_>, _> =
+            self.layers.iter().zip(&ids).map(|(layer, &id)| layer.snapshot(id)).collect();
+        for (layer, &id) in self.layers.iter_mut().zip(&ids) {
+            layer.remove(id)?;
+        }
+        Ok((PromptSnapshot { layers: layers?, len: tokens.len() }, hidden))
+    }
+
+    /// Adds a sequence holding the prompt of `snapshot`, clustered for this runner's method:
+    /// the same as [`prefill`](Self::prefill) of the snapshot's tokens.
+    pub fn restore(&mut self, snapshot: &PromptSnapshot) -> Result<Sequence, ModelError> {
+        if snapshot.layers.len() != self.layers.len() {
+            return Err(ModelError::SnapshotMismatch {
+                layers: snapshot.layers.len(),
+                expected: self.layers.len(),
+            });
+        }
+        let mut ids = Vec::with_capacity(self.layers.len());
+        for (layer, snap) in self.layers.iter_mut().zip(&snapshot.layers) {
+            match layer.restore(snap) {
+                Ok(id) => ids.push(id),
+                Err(err) => {
+                    self.discard(&ids);
+                    return Err(err.into());
+                }
+            }
+        }
+        self.finish(Sequence { ids, len: snapshot.len })
+    }
+
+    /// Ends the prefill of `seq` in every layer (clustering its prompt).
+    fn finish(&mut self, seq: Sequence) -> Result<Sequence, ModelError> {
+        let result =
+            self.layers.iter_mut().zip(&seq.ids).try_for_each(|(layer, &id)| layer.finish_prefill(id));
+        match result {
+            Ok(()) => Ok(seq),
+            Err(err) => {
+                self.discard(&seq.ids);
+                Err(err.into())
+            }
+        }
+    }
+
+    /// Removes the per-layer sequences `ids` (of a failed prefill).
+    fn discard(&mut self, ids: &[SeqId]) {
+        for (layer, &id) in self.layers.iter_mut().zip(ids) {
+            // The id was just created in this layer, so removing it cannot fail.
+            let _ = layer.remove(id);
+        }
+    }
+
+    /// Runs the prompt through every layer in chunks; the per-layer sequences stay in
+    /// prefill. On error they are removed.
+    fn prefill_chunks(&mut self, tokens: &[u32]) -> Result<(Vec<SeqId>, Vec<f32>), ModelError> {
         let model = self.model;
         model.check_tokens(tokens)?;
         let c = &model.config;
-        let ids = self.layers.iter_mut().map(LayerPipeline::add_sequence).collect::<Result<Vec<_>, _>>()?;
+        let mut ids = Vec::with_capacity(self.layers.len());
+        for layer in &mut self.layers {
+            match layer.add_sequence() {
+                Ok(id) => ids.push(id),
+                Err(err) => {
+                    self.discard(&ids);
+                    return Err(err.into());
+                }
+            }
+        }
         let mut hidden = Vec::with_capacity(tokens.len() * c.hidden);
         let result = (|| {
             for (i, chunk) in tokens.chunks(self.prefill_chunk).enumerate() {
@@ -174,23 +277,32 @@ impl Runner<'_> {
                 }
                 hidden.extend(model.final_norm(&x));
             }
-            for (layer, &id) in self.layers.iter_mut().zip(&ids) {
-                layer.finish_prefill(id)?;
-            }
-            Ok(())
+            Ok::<(), ModelError>(())
         })();
-        if let Err(err) = result {
-            for (layer, &id) in self.layers.iter_mut().zip(&ids) {
-                let _ = layer.remove(id);
+        match result {
+            Ok(()) => Ok((ids, hidden)),
+            Err(err) => {
+                self.discard(&ids);
+                Err(err)
             }
-            return Err(err);
         }
-        Ok((Sequence { ids, len: tokens.len() }, hidden))
     }
 
     /// Decodes one token for each `(sequence, token)` of `batch` (distinct sequences).
     /// Returns the final hidden states `[batch.len(), hidden]`.
     pub fn decode(&mut self, batch: &mut [(&mut Sequence, u32)]) -> Result<Vec<f32>, ModelError> {
+        self.decode_observed(batch, &mut |_: usize, _: &LayerPipeline<f16>, _: &[DecodeInput<'_>]| {})
+    }
+
+    /// [`decode`](Self::decode), calling `observer(layer, pipeline, inputs)` after each
+    /// layer's attention step: the pipeline then holds each sequence's selection
+    /// ([`LayerPipeline::selection`]) and KV, and `inputs` the step's queries, keys and
+    /// values in batch order (for attention-fidelity measurements).
+    pub fn decode_observed(
+        &mut self,
+        batch: &mut [(&mut Sequence, u32)],
+        observer: &mut DecodeObserver<'_>,
+    ) -> Result<Vec<f32>, ModelError> {
         let model = self.model;
         let tokens: Vec<u32> = batch.iter().map(|(_, t)| *t).collect();
         model.check_tokens(&tokens)?;
@@ -212,6 +324,7 @@ impl Runner<'_> {
                 })
                 .collect();
             layer.decode(&inputs, &mut a.attn)?;
+            observer(l, layer, &inputs);
             finish_block(model, block, &mut x, &mut a);
         }
         for (seq, _) in batch.iter_mut() {

@@ -3,19 +3,36 @@
 use ckv_cluster::matmul_nt;
 use rayon::prelude::*;
 
-/// Output columns per parallel task of a single-row product.
+/// Output columns per parallel task of a small-batch product.
 const COLS_PER_TASK: usize = 256;
 /// Rows per parallel task of a many-row product.
-const ROWS_PER_TASK: usize = 16;
+const ROWS_PER_TASK: usize = 128;
+/// Up to this many rows (a decode batch), the weights are split by output columns, so that
+/// each weight is read once per product.
+const SMALL_BATCH: usize = 64;
 
-/// `y[n, out] = x[n, inp] · w[out, inp]ᵀ`, parallel over output columns for one row and
-/// over row blocks for many.
+/// `y[n, out] = x[n, inp] · w[out, inp]ᵀ`, parallel over output columns for a small batch
+/// of rows and over row blocks for many.
 pub(crate) fn linear(x: &[f32], w: &[f32], inp: usize, y: &mut [f32]) {
-    let out = w.len() / inp;
-    if x.len() == inp {
-        y.par_chunks_mut(COLS_PER_TASK)
-            .zip(w.par_chunks(COLS_PER_TASK * inp))
-            .for_each(|(y, w)| matmul_nt(x, w, inp, y));
+    let (n, out) = (x.len() / inp, w.len() / inp);
+    if n == 0 {
+        return;
+    }
+    if n <= SMALL_BATCH {
+        let blocks: Vec<Vec<f32>> = w
+            .par_chunks(COLS_PER_TASK * inp)
+            .map(|w| {
+                let mut block = vec![0.0f32; n * (w.len() / inp)];
+                matmul_nt(x, w, inp, &mut block);
+                block
+            })
+            .collect();
+        for (b, block) in blocks.iter().enumerate() {
+            let cols = block.len() / n;
+            for (y, block) in y.chunks_exact_mut(out).zip(block.chunks_exact(cols)) {
+                y[b * COLS_PER_TASK..b * COLS_PER_TASK + cols].copy_from_slice(block);
+            }
+        }
     } else {
         y.par_chunks_mut(ROWS_PER_TASK * out)
             .zip(x.par_chunks(ROWS_PER_TASK * inp))
@@ -68,15 +85,32 @@ pub fn nll(logits: &[f32], target: u32) -> f64 {
     max + sum.ln() - logits[target as usize] as f64
 }
 
+/// The index of the largest logit (the lowest on ties): the greedy next token.
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
+    fn argmax_takes_the_first_largest() {
+        assert_eq!(argmax(&[0.5, 2.0, -1.0, 2.0]), 1);
+        assert_eq!(argmax(&[f32::NEG_INFINITY]), 0);
+    }
+
+    #[test]
     fn linear_matches_naive_for_one_and_many_rows() {
         let (inp, out) = (5, 300);
         let w: Vec<f32> = (0..out * inp).map(|i| ((i * 31) % 17) as f32 / 8.0 - 1.0).collect();
-        for n in [1, 3, 40] {
+        for n in [1, 3, 40, 70] {
             let x: Vec<f32> = (0..n * inp).map(|i| ((i * 7) % 11) as f32 / 5.0 - 1.0).collect();
             let mut y = vec![f32::NAN; n * out];
             linear(&x, &w, inp, &mut y);

@@ -61,7 +61,9 @@ fn token_by_token_decode_matches_one_prefill() {
     for (i, logits) in decoded.iter().enumerate() {
         let position = 7 + i;
         let err = rel_err(&all[position * vocab..(position + 1) * vocab], logits);
-        assert!(err <= 1e-4, "position {position}: relative error {err}");
+        // Prefill attention is blocked matrix products, decode a scalar loop: the sums run in
+        // different orders.
+        assert!(err <= 5e-4, "position {position}: relative error {err}");
     }
 }
 
@@ -125,4 +127,38 @@ fn chunked_prefill_matches_one_pass() {
     assert_eq!(seq.len(), 40);
     chunked_runner.decode(&mut [(&mut seq, 5)]).unwrap();
     assert_eq!(seq.len(), 41);
+}
+
+/// One dense prefill serves every method: a sequence restored from a dense runner's
+/// snapshot decodes bitwise as one the method prefilled itself, and a batch of restored
+/// sequences decodes as each alone.
+#[test]
+fn restored_snapshot_decodes_like_its_own_prefill() {
+    let Some(model) = model() else {
+        eprintln!("skipped: no default model (run `cargo xtask fetch` or set CKV_MODEL)");
+        return;
+    };
+    let tokens = tokens(130);
+    let (prompt, more) = (&tokens[..120], &tokens[120..]);
+    let dense = SelectParams::new(Method::Dense).max_context(200);
+    let (snapshot, hidden) =
+        model.runner(&dense, 2).unwrap().with_prefill_chunk(64).snapshot(prompt).unwrap();
+    assert_eq!(snapshot.len(), 120);
+    for method in [Method::ClusterKv, Method::H2o] {
+        let select = SelectParams::new(method).budget(64).sink(4).window(8).max_context(200);
+        let mut own = model.runner(&select, 2).unwrap().with_prefill_chunk(64);
+        let (mut a, own_hidden) = own.prefill(prompt).unwrap();
+        assert_eq!(own_hidden, hidden, "{method}: prefill outputs");
+        let mut restored = model.runner(&select, 2).unwrap();
+        let mut b = restored.restore(&snapshot).unwrap();
+        let mut c = restored.restore(&snapshot).unwrap();
+        for &t in more {
+            let x = own.decode(&mut [(&mut a, t)]).unwrap();
+            let y = restored.decode(&mut [(&mut b, t), (&mut c, t)]).unwrap();
+            assert_eq!(x, y[..x.len()], "{method}: restored decode");
+            assert_eq!(x, y[x.len()..], "{method}: second restored sequence");
+        }
+    }
+    let other = SelectParams::new(Method::ClusterKv).budget(64).sink(4).window(20).max_context(100);
+    assert!(model.runner(&other, 2).unwrap().restore(&snapshot).is_err(), "context beyond max_context");
 }

@@ -1,5 +1,7 @@
 //! Errors of the simulator.
 
+use std::path::PathBuf;
+
 /// Errors of `ckv-sim`.
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
@@ -19,7 +21,26 @@ pub enum SimError {
     /// The model failed to load or run.
     #[error(transparent)]
     Model(#[from] ckv_model::ModelError),
+    /// The tokenizer failed.
+    #[error(transparent)]
+    Tokenizer(#[from] ckv_model::TokenizerError),
     /// Selection parameters were rejected.
     #[error(transparent)]
     Select(#[from] ckv_select::SelectError),
+    /// Reading or writing a file failed.
+    #[error("i/o error on {}: {source}", path.display())]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// Drawing a plot failed.
+    #[error("cannot draw plot {}: {message}", path.display())]
+    Plot {
+        /// The plot file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
 }

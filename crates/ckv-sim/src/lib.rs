@@ -28,13 +28,21 @@
 //! ```
 
 mod error;
+mod eval;
 mod metrics;
 mod ppl;
+mod probe;
+mod record;
+mod report;
 mod sim;
 mod trace;
 
 pub use error::SimError;
+pub use eval::{EvalConfig, evaluate};
 pub use metrics::{Fidelity, FidelityScratch, fidelity};
 pub use ppl::{PplConfig, PplRecord, perplexity, ppl_table, window_starts};
+pub use probe::{Probe, ProbeOptions, ProbeScore, Setting, SettingResult, run_probes};
+pub use record::{EvalRecord, EvalReport, LayerFidelity, RunMeta, Task};
+pub use report::{score_tables, write_reports};
 pub use sim::{SimConfig, Variant, VariantReport, simulate, table};
 pub use trace::{Trace, TraceConfig};

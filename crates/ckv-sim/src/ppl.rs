@@ -1,12 +1,15 @@
 //! Long-context perplexity on a real model (DESIGN section 8): at each of K prefix positions
-//! spread over the text, a dense prefill of `P` tokens, then `T` teacher-forced tokens
-//! through the method under test (selection, tail and re-clustering all live).
+//! spread over the text, a dense prefill of `P` tokens (shared by every method), then `T`
+//! teacher-forced tokens through the method under test (selection, tail and re-clustering
+//! all live).
 
-use ckv_model::{Model, nll};
-use ckv_select::{Method, SelectParams};
+use ckv_model::Model;
+use ckv_select::{GqaPolicy, Method};
+use indicatif::ProgressBar;
 use serde::Serialize;
 
-use crate::SimError;
+use crate::probe::{Probe, ProbeOptions, Setting, SettingResult, run_probes};
+use crate::{SimError, Variant};
 
 /// What to measure.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,39 +65,13 @@ pub fn window_starts(len: usize, span: usize, positions: usize) -> Result<Vec<us
     Ok((0..positions).map(|k| if positions == 1 { 0 } else { k * last / (positions - 1) }).collect())
 }
 
-/// Mean NLL of one method at one budget over the windows starting at `starts`;
-/// `on_token` is called after each decoded token.
-fn mean_nll(
-    model: &Model,
-    tokens: &[u32],
-    starts: &[usize],
-    config: &PplConfig,
-    select: &SelectParams,
-    on_token: &dyn Fn(),
-) -> Result<f64, SimError> {
-    let (p, t) = (config.context, config.decode);
-    let mut total = 0.0;
-    for &start in starts {
-        let mut runner = model.runner(select, config.dense_layers)?;
-        let (mut seq, _) = runner.prefill(&tokens[start..start + p])?;
-        for i in 0..t {
-            let hidden = runner.decode(&mut [(&mut seq, tokens[start + p + i])])?;
-            total += nll(&model.logits(&hidden), tokens[start + p + i + 1]);
-            on_token();
-        }
-        runner.remove(seq)?;
-    }
-    Ok(total / (starts.len() * t) as f64)
-}
-
 /// Measures every (method, budget) of `config` on `tokens`; one record each, dense beside
-/// every one. `on_token` is called after each decoded token (for progress):
-/// `positions * decode * (1 + methods other than dense * budgets)` calls in all.
+/// every one. `progress` counts dense prefills and decode steps.
 pub fn perplexity(
     model: &Model,
     tokens: &[u32],
     config: &PplConfig,
-    on_token: &dyn Fn(),
+    progress: &ProgressBar,
 ) -> Result<Vec<PplRecord>, SimError> {
     if config.decode == 0 || config.context == 0 || config.budgets.is_empty() {
         return Err(SimError::InvalidConfig {
@@ -103,31 +80,50 @@ pub fn perplexity(
             expected: "positive context and decode lengths and at least one budget",
         });
     }
-    let span = config.context + config.decode + 1;
-    let starts = window_starts(tokens.len(), span, config.positions)?;
-    let base = SelectParams::default().seed(config.seed).max_context(span);
-    let select = |method: Method, budget: usize| base.clone().method(method).budget(budget);
-    // Validate every setting before the long work.
+    let (p, t) = (config.context, config.decode);
+    let probes: Vec<Probe> = window_starts(tokens.len(), p + t + 1, config.positions)?
+        .into_iter()
+        .map(|start| Probe {
+            prompt: tokens[start..start + p].to_vec(),
+            continuation: tokens[start + p..start + p + t + 1].to_vec(),
+            scored: 1..t + 1,
+            fidelity: false,
+        })
+        .collect();
+    let variant = |method| Variant { method, gqa: GqaPolicy::PerQueryHead };
+    let mut settings = vec![Setting { variant: variant(Method::Dense), budget: config.budgets[0] }];
     for &budget in &config.budgets {
-        for &method in &config.methods {
-            select(method, budget).validate()?;
-        }
+        settings.extend(
+            config
+                .methods
+                .iter()
+                .filter(|&&m| m != Method::Dense)
+                .map(|&m| Setting { variant: variant(m), budget }),
+        );
     }
-    let dense_budget = config.budgets[0];
-    let dense = mean_nll(model, tokens, &starts, config, &select(Method::Dense, dense_budget), on_token)?;
+    let options = ProbeOptions { dense_layers: config.dense_layers, seed: config.seed, fidelity_every: 1 };
+    let results = run_probes(model, &probes, &settings, &options, progress)?;
+    let mean_nll = |r: &SettingResult| {
+        r.scores.iter().map(|s| s.nll_sum).sum::<f64>()
+            / r.scores.iter().map(|s| s.tokens).sum::<usize>() as f64
+    };
+    let dense = mean_nll(&results[0]);
     let mut records = Vec::new();
     for &budget in &config.budgets {
         for &method in &config.methods {
             let nll = match method {
                 Method::Dense => dense,
-                _ => mean_nll(model, tokens, &starts, config, &select(method, budget), on_token)?,
+                _ => results
+                    .iter()
+                    .find(|r| r.setting == Setting { variant: variant(method), budget })
+                    .map_or(dense, mean_nll),
             };
             records.push(PplRecord {
                 method: method.name().to_owned(),
                 budget,
                 context: config.context,
                 decode: config.decode,
-                positions: starts.len(),
+                positions: probes.len(),
                 ppl: nll.exp(),
                 nll,
                 ppl_dense: dense.exp(),

@@ -51,6 +51,81 @@ fn ppl_writes_one_record_per_method_and_budget() {
     assert!(table.contains("| clusterkv | 48 |"), "{table}");
 }
 
+/// A tiny evaluation end to end: every report file exists and holds every method.
+#[test]
+fn eval_writes_reports_with_every_method() {
+    let Some((model, text)) = assets() else {
+        eprintln!("skipped: no default model or text (run `cargo xtask fetch`)");
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("ckv-eval-{}", std::process::id()));
+    let json = dir.join("records.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_clusterkv"))
+        .args([
+            "eval",
+            "--quick",
+            "--contexts",
+            "160",
+            "--budgets",
+            "48",
+            "--positions",
+            "1",
+            "--decode",
+            "6",
+        ])
+        .args(["--passage-len", "16", "--passkey-seeds", "1"])
+        .arg("--model")
+        .arg(&model)
+        .arg("--text")
+        .arg(&text)
+        .arg("--out")
+        .arg(&dir)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let methods = ["dense", "oracle", "clusterkv", "clusterkv/per-kv-head", "quest", "streamingllm", "h2o"];
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let records: Vec<serde_json::Value> = serde_json::from_str(&read("records.json")).unwrap();
+    for task in ["ppl", "copy", "passkey"] {
+        for method in methods {
+            let found: Vec<_> =
+                records.iter().filter(|r| r["task"] == task && r["method"] == method).collect();
+            assert_eq!(found.len(), 1, "{task} {method}: {found:?}");
+            let r = found[0];
+            for field in ["budget", "context", "score", "dense_score", "n"] {
+                assert!(r.get(field).is_some(), "{field} missing in {r}");
+            }
+            assert_eq!((r["budget"].as_u64(), r["context"].as_u64()), (Some(48), Some(160)));
+            let score = r["score"].as_f64().unwrap();
+            assert!(score.is_finite() && score >= 0.0, "{r}");
+        }
+    }
+    // Fidelity of every method but dense, per selecting layer (28 of 30 after 2 dense).
+    for method in &methods[1..] {
+        let r = records.iter().find(|r| r["task"] == "fidelity" && r["method"] == *method).unwrap();
+        assert_eq!(r["layers"].as_array().unwrap().len(), 28, "{method}");
+        let mass = r["score"].as_f64().unwrap();
+        assert!(mass > 0.0 && mass <= 1.0 + 1e-9, "{r}");
+    }
+    let report: serde_json::Value = serde_json::from_str(&read("eval.json")).unwrap();
+    assert_eq!(report["records"].as_array().unwrap().len(), records.len());
+    assert_eq!(
+        report["meta"]["model_sha256"],
+        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+    );
+    for name in
+        ["eval.csv", "report.md", "ppl.svg", "copy.svg", "passkey.svg", "fidelity.svg", "fidelity_layers.svg"]
+    {
+        let content = read(name);
+        for method in methods.iter().filter(|m| name != "fidelity_layers.svg" || **m != "dense") {
+            assert!(content.contains(method), "{name} lacks {method}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn generate_streams_a_continuation() {
     let Some((model, _)) = assets() else {

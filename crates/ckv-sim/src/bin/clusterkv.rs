@@ -5,12 +5,16 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use ckv_model::{GgufFile, Model, Tokenizer};
+use ckv_model::{GgufFile, Model, Tokenizer, argmax};
 use ckv_select::{Method, SelectParams};
-use ckv_sim::{PplConfig, SimConfig, Trace, TraceConfig, Variant, perplexity, ppl_table, simulate, table};
+use ckv_sim::{
+    EvalConfig, EvalReport, PplConfig, RunMeta, SimConfig, Task, Trace, TraceConfig, Variant, evaluate,
+    perplexity, ppl_table, score_tables, simulate, table, write_reports,
+};
 use clap::{Parser, Subcommand, ValueEnum};
 use half::f16;
 use indicatif::{ProgressBar, ProgressStyle};
+use sha2::{Digest, Sha256};
 use tracing::info;
 
 /// Where `cargo xtask fetch` puts the default model and text.
@@ -37,6 +41,10 @@ enum Command {
     Simulate(SimulateArgs),
     /// Long-context perplexity on a real model and text, every method against dense.
     Ppl(PplArgs),
+    /// The accuracy evaluation on a real model: perplexity, copy and passkey retrieval and
+    /// attention fidelity against budget for every method; writes reports (JSON, CSV,
+    /// Markdown, SVG plots).
+    Eval(EvalArgs),
     /// Generate text from a prompt on a real model, streaming it.
     Generate(GenerateArgs),
 }
@@ -78,6 +86,57 @@ struct PplArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Also write the records as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct EvalArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// Text file.
+    #[arg(long, default_value = DEFAULT_TEXT)]
+    text: PathBuf,
+    /// Quick mode: context 1024, budgets 128 and 256, 2 perplexity positions (a few minutes
+    /// on 2 cores). Without it: the full protocol, contexts 2048, 4096 and 8192, budgets 128
+    /// to 1024, 8 positions.
+    #[arg(long)]
+    quick: bool,
+    /// Contexts C, comma separated: each probe fills exactly C tokens (default: by mode).
+    #[arg(long, value_delimiter = ',')]
+    contexts: Vec<usize>,
+    /// Budgets, comma separated (default: by mode).
+    #[arg(long, value_delimiter = ',')]
+    budgets: Vec<usize>,
+    /// Methods, comma separated (dense, oracle, clusterkv, quest, streamingllm, h2o); ClusterKV
+    /// runs under both GQA policies. Default: all.
+    #[arg(long, value_delimiter = ',')]
+    methods: Vec<Method>,
+    /// Tasks, comma separated (ppl, copy, passkey, fidelity). Default: all.
+    #[arg(long, value_delimiter = ',')]
+    tasks: Vec<Task>,
+    /// Perplexity positions spread over the text (default: by mode).
+    #[arg(long)]
+    positions: Option<usize>,
+    /// Teacher-forced tokens scored per perplexity position.
+    #[arg(long, default_value_t = 64)]
+    decode: usize,
+    /// Tokens of a copied passage (its first 8 are the cue).
+    #[arg(long, default_value_t = 64)]
+    passage_len: usize,
+    /// Passkeys per depth (10%, 50%, 90%), each with its own key (default: 1 quick, 2 full).
+    #[arg(long)]
+    passkey_seeds: Option<usize>,
+    /// Measure attention fidelity every this many decode steps (default: 1 quick, 4 full).
+    #[arg(long)]
+    fidelity_every: Option<usize>,
+    /// Seed of the clustering and of the passkeys.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Folder of the reports.
+    #[arg(long, default_value = "reports")]
+    out: PathBuf,
+    /// Also write the records as a JSON array to this file.
     #[arg(long)]
     json: Option<PathBuf>,
 }
@@ -166,6 +225,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     match cli.command {
         Command::Simulate(args) => simulate_command(args),
         Command::Ppl(args) => ppl_command(args),
+        Command::Eval(args) => eval_command(args),
         Command::Generate(args) => generate_command(args),
     }
 }
@@ -187,13 +247,112 @@ fn load(path: &Path) -> Result<(Model, Tokenizer), Box<dyn std::error::Error>> {
     Ok((model, tokenizer))
 }
 
-fn ppl_command(args: PplArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let (model, tokenizer) = load(&args.model.model)?;
-    let text = std::fs::read_to_string(&args.text).map_err(|e| {
-        format!("cannot read text {}: {e} (run `cargo xtask fetch` or pass --text)", args.text.display())
+/// A bar counting dense prefills and decode steps, with the current setting.
+fn progress_bar() -> Result<ProgressBar, Box<dyn std::error::Error>> {
+    Ok(ProgressBar::new(0).with_style(
+        ProgressStyle::with_template(
+            "{prefix} {elapsed_precise} [{bar:30}] {pos}/{len} prefills + steps, eta {eta} {msg}",
+        )?
+        .progress_chars("=> "),
+    ))
+}
+
+/// Reads and tokenizes the text, with a hint when it is missing.
+fn read_text(path: &Path, tokenizer: &Tokenizer) -> Result<Vec<u32>, Box<dyn std::error::Error>> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        format!("cannot read text {}: {e} (run `cargo xtask fetch` or pass --text)", path.display())
     })?;
     let tokens = tokenizer.encode(&text)?;
     info!(tokens = tokens.len(), "text tokenized");
+    Ok(tokens)
+}
+
+/// The sha256 of a file, in hex.
+fn sha256(path: &Path) -> Result<String, Box<dyn std::error::Error>> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    Ok(Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The git commit of the working directory (`-dirty` when it has changes), or `unknown`.
+fn commit() -> String {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    match (git(&["rev-parse", "--short=12", "HEAD"]), git(&["status", "--porcelain", "--untracked-files=no"]))
+    {
+        (Some(head), Some(status)) if !status.is_empty() => format!("{head}-dirty"),
+        (Some(head), _) => head,
+        _ => "unknown".to_owned(),
+    }
+}
+
+fn eval_command(args: EvalArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let started = Instant::now();
+    let mut config = if args.quick { EvalConfig::quick() } else { EvalConfig::full() };
+    if !args.contexts.is_empty() {
+        config.contexts = args.contexts.clone();
+    }
+    if !args.budgets.is_empty() {
+        config.budgets = args.budgets.clone();
+    }
+    if !args.methods.is_empty() {
+        config.variants.retain(|v| args.methods.contains(&v.method));
+    }
+    if !args.tasks.is_empty() {
+        config.tasks = args.tasks.clone();
+    }
+    config.positions = args.positions.unwrap_or(config.positions);
+    config.decode = args.decode;
+    config.passage_len = args.passage_len;
+    config.passkey_seeds = args.passkey_seeds.unwrap_or(config.passkey_seeds);
+    config.fidelity_every = args.fidelity_every.unwrap_or(config.fidelity_every);
+    config.dense_layers = args.model.dense_layers;
+    config.seed = args.seed;
+    let (model, tokenizer) = load(&args.model.model)?;
+    let tokens = read_text(&args.text, &tokenizer)?;
+    let bar = progress_bar()?;
+    let records = evaluate(&model, &tokenizer, &tokens, &config, &bar)?;
+    bar.finish_and_clear();
+    let meta = RunMeta {
+        model: args.model.model.display().to_string(),
+        model_sha256: sha256(&args.model.model)?,
+        text: args.text.display().to_string(),
+        text_sha256: sha256(&args.text)?,
+        text_tokens: tokens.len(),
+        commit: commit(),
+        seed: config.seed,
+        mode: if args.quick { "quick" } else { "full" }.to_owned(),
+        dense_layers: config.dense_layers,
+        positions: config.positions,
+        decode: config.decode,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    let report = EvalReport { meta, records };
+    println!("{}", score_tables(&report));
+    let files = write_reports(&args.out, &report)?;
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report.records)?)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    eprintln!(
+        "wrote {} ({} files) in {:.1} s",
+        args.out.display(),
+        files.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn ppl_command(args: PplArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let (model, tokenizer) = load(&args.model.model)?;
+    let tokens = read_text(&args.text, &tokenizer)?;
     let mut methods = args.methods.clone();
     if !methods.contains(&Method::Dense) {
         methods.insert(0, Method::Dense);
@@ -207,13 +366,8 @@ fn ppl_command(args: PplArgs) -> Result<(), Box<dyn std::error::Error>> {
         dense_layers: args.model.dense_layers,
         seed: args.seed,
     };
-    let others = config.methods.iter().filter(|&&m| m != Method::Dense).count();
-    let steps = (config.positions * config.decode * (1 + others * config.budgets.len())) as u64;
-    let bar = ProgressBar::new(steps).with_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} decoded tokens, eta {eta}")?
-            .progress_chars("=> "),
-    );
-    let records = perplexity(&model, &tokens, &config, &|| bar.inc(1))?;
+    let bar = progress_bar()?;
+    let records = perplexity(&model, &tokens, &config, &bar)?;
     bar.finish_and_clear();
     println!(
         "model {}, text {}: context {}, {} decoded tokens at each of {} positions, dense layers {}, seed {}\n",
@@ -268,17 +422,6 @@ fn generate_command(args: GenerateArgs) -> Result<(), Box<dyn std::error::Error>
     let seconds = started.elapsed().as_secs_f64();
     eprintln!("{} tokens generated in {seconds:.1} s ({})", generated.len(), args.method);
     Ok(())
-}
-
-/// The index of the largest logit (the lowest on ties).
-fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &l) in logits.iter().enumerate() {
-        if l > logits[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 fn simulate_command(args: SimulateArgs) -> Result<(), Box<dyn std::error::Error>> {

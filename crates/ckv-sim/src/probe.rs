@@ -1,0 +1,289 @@
+//! The engine of the real-model evaluations: probes (a prompt, then a teacher-forced
+//! continuation) decoded through every (method, budget) setting from one shared dense
+//! prefill per probe.
+
+use std::ops::Range;
+use std::time::Instant;
+
+use ckv_attn::{DecodeInput, LayerPipeline};
+use ckv_model::{Model, PromptSnapshot, Sequence, argmax, nll};
+use ckv_select::SelectParams;
+use half::f16;
+use indicatif::ProgressBar;
+use rayon::prelude::*;
+use tracing::info;
+
+use crate::{Fidelity, FidelityScratch, LayerFidelity, SimError, Variant, fidelity};
+
+/// A prompt prefilled densely, then a continuation teacher-forced through the method under
+/// test. Decode step `i` feeds `continuation[i]` and predicts `continuation[i + 1]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Probe {
+    /// Prompt tokens, prefilled densely once and shared by every setting.
+    pub prompt: Vec<u32>,
+    /// Tokens after the prompt.
+    pub continuation: Vec<u32>,
+    /// Indices into `continuation` of the scored predictions (each at least 1: the first
+    /// token is predicted by the dense prefill).
+    pub scored: Range<usize>,
+    /// Whether its steps are scored for attention fidelity.
+    pub fidelity: bool,
+}
+
+impl Probe {
+    /// Decode steps: up to the last scored prediction.
+    fn steps(&self) -> usize {
+        self.scored.end.saturating_sub(1)
+    }
+
+    /// Prompt and continuation tokens up to the last scored one.
+    fn total_len(&self) -> usize {
+        self.prompt.len() + self.scored.end
+    }
+}
+
+/// A method at a budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Setting {
+    /// The method and its GQA policy.
+    pub variant: Variant,
+    /// The token budget.
+    pub budget: usize,
+}
+
+/// How probes run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeOptions {
+    /// Leading layers that always attend densely.
+    pub dense_layers: usize,
+    /// Seed of the clustering.
+    pub seed: u64,
+    /// Fidelity is measured every this many decode steps (at least 1).
+    pub fidelity_every: usize,
+}
+
+/// The result of one probe under one setting. The greedy continuation reproduces the scored
+/// tokens exactly when `hits == tokens`.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ProbeScore {
+    /// Sum of the negative log-likelihoods of the scored tokens (nats).
+    pub nll_sum: f64,
+    /// Scored tokens.
+    pub tokens: usize,
+    /// Scored tokens that were the argmax of their prediction (teacher-forced).
+    pub hits: usize,
+}
+
+/// Every probe's result under one setting, and the attention fidelity per selecting layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SettingResult {
+    /// The setting.
+    pub setting: Setting,
+    /// One score per probe, in probe order.
+    pub scores: Vec<ProbeScore>,
+    /// Fidelity per layer from `dense_layers` on, averaged over the (step, query head,
+    /// probe) samples of probes with `fidelity` set.
+    pub fidelity: Vec<LayerFidelity>,
+    /// Samples per layer behind `fidelity`.
+    pub fidelity_samples: usize,
+}
+
+/// Selection parameters of `setting` for probes of at most `max_context` tokens.
+pub(crate) fn select_params(setting: Setting, seed: u64, max_context: usize) -> SelectParams {
+    SelectParams::new(setting.variant.method)
+        .gqa(setting.variant.gqa)
+        .budget(setting.budget)
+        .seed(seed)
+        .max_context(max_context)
+}
+
+/// Runs every probe under every setting: one dense prefill per probe (snapshotted), then for
+/// each setting all probes decode as one batch. `progress` counts prefills and decode steps
+/// (its length is set here).
+pub fn run_probes(
+    model: &Model,
+    probes: &[Probe],
+    settings: &[Setting],
+    options: &ProbeOptions,
+    progress: &ProgressBar,
+) -> Result<Vec<SettingResult>, SimError> {
+    let max_context = probes.iter().map(Probe::total_len).max().unwrap_or(0);
+    if let Some(p) = probes.iter().find(|p| p.scored.start == 0 || p.scored.end > p.continuation.len()) {
+        return Err(SimError::InvalidConfig {
+            name: "scored",
+            value: format!("{:?} of a continuation of {}", p.scored, p.continuation.len()),
+            expected: "a range inside the continuation starting at 1 or later",
+        });
+    }
+    if max_context > model.config().context {
+        return Err(SimError::InvalidConfig {
+            name: "context",
+            value: max_context.to_string(),
+            expected: "at most the model's context length",
+        });
+    }
+    // Validate every setting before the long work.
+    for &setting in settings {
+        select_params(setting, options.seed, max_context).validate()?;
+        model.runner(&select_params(setting, options.seed, max_context), options.dense_layers)?;
+    }
+    let steps = probes.iter().map(Probe::steps).max().unwrap_or(0);
+    progress.set_length((probes.len() + settings.len() * steps) as u64);
+    progress.set_message("dense prefill");
+    let dense = select_params(
+        Setting { variant: Variant::all()[0], budget: max_context.max(1) },
+        options.seed,
+        max_context,
+    )
+    .method(ckv_select::Method::Dense);
+    let started = Instant::now();
+    let mut prefill = model.runner(&dense, options.dense_layers)?;
+    let snapshots = probes
+        .iter()
+        .map(|p| {
+            let snapshot = prefill.snapshot(&p.prompt).map(|(s, _)| s);
+            progress.inc(1);
+            snapshot
+        })
+        .collect::<Result<Vec<PromptSnapshot>, _>>()?;
+    drop(prefill);
+    let bytes: usize = snapshots.iter().map(PromptSnapshot::memory_bytes).sum();
+    info!(
+        probes = probes.len(),
+        seconds = started.elapsed().as_secs_f64(),
+        bytes,
+        "dense prefills snapshotted"
+    );
+    settings
+        .iter()
+        .map(|&setting| {
+            let started = Instant::now();
+            progress.set_message(format!("{} B={}", setting.variant.label(), setting.budget));
+            let result = run_setting(model, probes, &snapshots, setting, options, max_context, progress);
+            let method = setting.variant.label();
+            info!(
+                method,
+                budget = setting.budget,
+                seconds = started.elapsed().as_secs_f64(),
+                "setting decoded"
+            );
+            result
+        })
+        .collect()
+}
+
+/// Per-layer sums of fidelity samples.
+#[derive(Debug, Clone, Copy, Default)]
+struct FidelitySum {
+    topk: f64,
+    mass: f64,
+    error: f64,
+    samples: usize,
+}
+
+fn run_setting(
+    model: &Model,
+    probes: &[Probe],
+    snapshots: &[PromptSnapshot],
+    setting: Setting,
+    options: &ProbeOptions,
+    max_context: usize,
+    progress: &ProgressBar,
+) -> Result<SettingResult, SimError> {
+    let select = select_params(setting, options.seed, max_context);
+    let mut runner = model.runner(&select, options.dense_layers)?;
+    let mut seqs: Vec<Sequence> = snapshots.iter().map(|s| runner.restore(s)).collect::<Result<_, _>>()?;
+    let mut scores = vec![ProbeScore::default(); probes.len()];
+    let n_layers = model.config().n_layers;
+    let mut sums = vec![FidelitySum::default(); n_layers];
+    let steps = probes.iter().map(Probe::steps).max().unwrap_or(0);
+    for step in 0..steps {
+        let active: Vec<usize> = (0..probes.len()).filter(|&i| step < probes[i].steps()).collect();
+        // Dense attention is its own reference: nothing to measure.
+        let sparse = setting.variant.method != ckv_select::Method::Dense;
+        let measure: Vec<bool> = active
+            .iter()
+            .map(|&i| sparse && probes[i].fidelity && step % options.fidelity_every.max(1) == 0)
+            .collect();
+        let mut batch: Vec<(&mut Sequence, u32)> = seqs
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| step < probes[*i].steps())
+            .map(|(i, seq)| (seq, probes[i].continuation[step]))
+            .collect();
+        let mut observer = |layer: usize, pipeline: &LayerPipeline<f16>, inputs: &[DecodeInput<'_>]| {
+            if layer >= options.dense_layers && measure.iter().any(|&m| m) {
+                let sum = layer_fidelity(pipeline, inputs, &measure);
+                let total = &mut sums[layer];
+                total.topk += sum.topk;
+                total.mass += sum.mass;
+                total.error += sum.error;
+                total.samples += sum.samples;
+            }
+        };
+        let hidden = runner.decode_observed(&mut batch, &mut observer)?;
+        let logits = model.logits(&hidden);
+        let vocab = model.config().vocab;
+        for (&i, row) in active.iter().zip(logits.chunks_exact(vocab)) {
+            let target = step + 1;
+            if probes[i].scored.contains(&target) {
+                let want = probes[i].continuation[target];
+                let score = &mut scores[i];
+                score.nll_sum += nll(row, want);
+                score.tokens += 1;
+                score.hits += usize::from(argmax(row) == want);
+            }
+        }
+        progress.inc(1);
+    }
+    for seq in seqs {
+        runner.remove(seq)?;
+    }
+    let fidelity_samples = sums.get(options.dense_layers).map_or(0, |s| s.samples);
+    let fidelity = sums
+        .iter()
+        .enumerate()
+        .skip(options.dense_layers)
+        .filter(|(_, s)| s.samples > 0)
+        .map(|(layer, s)| {
+            let n = s.samples as f64;
+            LayerFidelity {
+                layer,
+                topk_recall: s.topk / n,
+                mass_recall: s.mass / n,
+                output_rel_error: s.error / n,
+            }
+        })
+        .collect();
+    Ok(SettingResult { setting, scores, fidelity, fidelity_samples })
+}
+
+/// Fidelity of one layer's step, summed over the query heads of the batch entries marked in
+/// `measure`, parallel over (entry, query head).
+fn layer_fidelity(
+    pipeline: &LayerPipeline<f16>,
+    inputs: &[DecodeInput<'_>],
+    measure: &[bool],
+) -> FidelitySum {
+    let cfg = pipeline.config();
+    let (hq, d, g, scale) = (cfg.n_q_heads(), cfg.head_dim(), cfg.group(), cfg.scale());
+    let work: Vec<(usize, usize)> =
+        (0..inputs.len()).filter(|&e| measure[e]).flat_map(|e| (0..hq).map(move |h| (e, h))).collect();
+    work.par_iter()
+        .map_init(FidelityScratch::default, |scratch, &(e, h)| {
+            let input = &inputs[e];
+            // The sequence and head exist: the pipeline just decoded them.
+            let (Ok(kv), Ok(ids)) = (pipeline.kv(input.seq, h / g), pipeline.selection(input.seq, h)) else {
+                return FidelitySum::default();
+            };
+            let q = &input.query[h * d..(h + 1) * d];
+            let f: Fidelity = fidelity(q, kv.keys(), kv.values(), ids, scale, scratch);
+            FidelitySum { topk: f.topk_recall, mass: f.mass_recall, error: f.output_rel_error, samples: 1 }
+        })
+        .reduce(FidelitySum::default, |a, b| FidelitySum {
+            topk: a.topk + b.topk,
+            mass: a.mass + b.mass,
+            error: a.error + b.error,
+            samples: a.samples + b.samples,
+        })
+}
