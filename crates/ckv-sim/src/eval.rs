@@ -3,7 +3,7 @@
 //! dense prefill per probe.
 
 use ckv_model::{Model, Tokenizer};
-use ckv_select::{GqaPolicy, Method};
+use ckv_select::{GqaPolicy, Method, SelectParams};
 use indicatif::ProgressBar;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -40,6 +40,9 @@ pub struct EvalConfig {
     pub passkey_seeds: usize,
     /// Leading layers that always attend densely.
     pub dense_layers: usize,
+    /// Selection parameters every setting starts from (sink, tokens per cluster, window,
+    /// ...; DESIGN's defaults unless changed).
+    pub select: SelectParams,
     /// Seed of the clustering and of the passkeys.
     pub seed: u64,
     /// Attention fidelity is measured every this many decode steps.
@@ -77,6 +80,7 @@ impl EvalConfig {
             passkey_depths: vec![0.1, 0.5, 0.9],
             passkey_seeds: 1,
             dense_layers: 2,
+            select: SelectParams::default(),
             seed: 0,
             fidelity_every: 1,
         }
@@ -114,6 +118,7 @@ pub fn evaluate(
         );
     }
     let options = ProbeOptions {
+        select: config.select.clone(),
         dense_layers: config.dense_layers,
         seed: config.seed,
         fidelity_every: config.fidelity_every,
@@ -196,38 +201,67 @@ fn probe_set(
     }
     // Fillers of retrieval prompts come from windows spread over the book, offset by half a
     // window from the perplexity windows.
-    let fillers = window_starts(tokens.len() - context / 2, context, copies + keys)?;
-    let mut fillers = fillers.into_iter().map(|s| s + context / 2);
-    for (d, &depth) in
-        config.copy_depths.iter().enumerate().take(if runs(Task::Copy) { usize::MAX } else { 0 })
-    {
+    let offset = context / 2;
+    let fillers = window_starts(tokens.len().saturating_sub(offset), context, copies + keys)?;
+    let mut fillers = fillers.into_iter().map(|s| s + offset);
+    if copies > 0 {
+        copy_probes(tokens, config, context, &mut fillers, &mut set)?;
+    }
+    if keys > 0 {
+        passkey_probes(tokenizer, tokens, config, context, &mut fillers, &mut set)?;
+    }
+    Ok(set)
+}
+
+/// A passage from elsewhere in the book placed at each depth of a filler, repeated as the
+/// continuation: its first `cue_len` tokens cue the scored rest.
+fn copy_probes(
+    tokens: &[u32],
+    config: &EvalConfig,
+    context: usize,
+    fillers: &mut impl Iterator<Item = usize>,
+    set: &mut ProbeSet,
+) -> Result<(), SimError> {
+    let len = config.passage_len;
+    let sources = tokens.len().saturating_sub(len).max(1);
+    for (d, &depth) in config.copy_depths.iter().enumerate() {
         for j in 0..config.copy_passages {
             let start = fillers.next().unwrap_or(0);
-            // The passage comes from elsewhere in the book: half the book away.
-            let len = config.passage_len;
-            let from =
-                (start + tokens.len() / 2 + (d * config.copy_passages + j) * 7919) % (tokens.len() - len);
-            let passage = &tokens[from..from + len];
-            let prompt = insert(tokens, start, context - len, passage, depth)?;
+            // Half the book away from the filler.
+            let from = (start + tokens.len() / 2 + (d * config.copy_passages + j) * 7919) % sources;
+            let passage = &tokens[from..(from + len).min(tokens.len())];
+            let prompt = insert(tokens, start, context.saturating_sub(len), passage, depth)?;
             set.probes.push(Probe {
                 prompt,
                 continuation: passage.to_vec(),
-                scored: config.cue_len..len,
+                scored: config.cue_len..passage.len(),
                 fidelity: false,
             });
             set.tasks.push(Task::Copy);
         }
     }
-    for (d, &depth) in
-        config.passkey_depths.iter().enumerate().take(if runs(Task::Passkey) { usize::MAX } else { 0 })
-    {
+    Ok(())
+}
+
+/// A 5-digit key stated at each depth of a filler (after an opening that announces it),
+/// asked for at the end; the key's tokens are scored.
+fn passkey_probes(
+    tokenizer: &Tokenizer,
+    tokens: &[u32],
+    config: &EvalConfig,
+    context: usize,
+    fillers: &mut impl Iterator<Item = usize>,
+    set: &mut ProbeSet,
+) -> Result<(), SimError> {
+    let question_text = " What is the pass key? The pass key is";
+    let question = encode(tokenizer, question_text)?;
+    let intro = encode(tokenizer, PASSKEY_INTRO)?;
+    for (d, &depth) in config.passkey_depths.iter().enumerate() {
         for j in 0..config.passkey_seeds {
             let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ ((d as u64) << 32 | j as u64));
             let key: u32 = rng.random_range(10_000..100_000);
             let needle =
                 encode(tokenizer, &format!(" The pass key is {key}. Remember it. {key} is the pass key. "))?;
-            let question_text = " What is the pass key? The pass key is";
-            let question = encode(tokenizer, question_text)?;
             let full = encode(tokenizer, &format!("{question_text} {key}"))?;
             if !full.starts_with(&question) {
                 return Err(SimError::InvalidConfig {
@@ -237,9 +271,8 @@ fn probe_set(
                 });
             }
             let start = fillers.next().unwrap_or(0);
-            let mut prompt = encode(tokenizer, PASSKEY_INTRO)?;
-            let filled = context.checked_sub(full.len() + prompt.len()).unwrap_or(0);
-            prompt.extend(insert(tokens, start, filled, &needle, depth)?);
+            let filled = context.saturating_sub(full.len() + intro.len());
+            let prompt = [intro.clone(), insert(tokens, start, filled, &needle, depth)?].concat();
             set.probes.push(Probe {
                 prompt,
                 scored: question.len()..full.len(),
@@ -249,7 +282,7 @@ fn probe_set(
             set.tasks.push(Task::Passkey);
         }
     }
-    Ok(set)
+    Ok(())
 }
 
 fn encode(tokenizer: &Tokenizer, text: &str) -> Result<Vec<u32>, SimError> {
@@ -377,4 +410,44 @@ fn task_score(task: Task, scores: &[ProbeScore]) -> (f64, f64) {
         _ => scores.iter().filter(|s| s.hits == s.tokens).count() as f64 / scores.len().max(1) as f64,
     };
     (score, nll)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insert_places_the_passage_at_its_depth() {
+        let text: Vec<u32> = (100..200).collect();
+        let prompt = insert(&text, 10, 12, &[1, 2], 0.5).unwrap();
+        assert_eq!(prompt, [110, 111, 112, 113, 114, 1, 2, 115, 116, 117, 118, 119]);
+        assert_eq!(insert(&text, 0, 5, &[7], 0.0).unwrap(), [7, 100, 101, 102, 103]);
+        assert_eq!(insert(&text, 0, 5, &[7], 1.0).unwrap(), [100, 101, 102, 103, 7]);
+        // No room for filler, or a filler beyond the text: typed errors.
+        assert!(matches!(insert(&text, 0, 2, &[1, 2], 0.5), Err(SimError::InvalidConfig { .. })));
+        assert!(matches!(insert(&text, 95, 12, &[1, 2], 0.5), Err(SimError::InvalidConfig { .. })));
+    }
+
+    #[test]
+    fn task_scores_follow_their_definitions() {
+        let scores = [
+            ProbeScore { nll_sum: 2.0, tokens: 4, hits: 4 },
+            ProbeScore { nll_sum: 6.0, tokens: 4, hits: 1 },
+        ];
+        let (ppl, nll) = task_score(Task::Ppl, &scores);
+        assert_eq!(nll, 1.0);
+        assert!((ppl - 1f64.exp()).abs() < 1e-12);
+        assert_eq!(task_score(Task::Copy, &scores).0, 5.0 / 8.0);
+        assert_eq!(task_score(Task::Passkey, &scores).0, 0.5);
+    }
+
+    #[test]
+    fn bad_configs_are_refused() {
+        let ok = EvalConfig::quick();
+        assert!(check(&ok).is_ok());
+        assert!(check(&EvalConfig { cue_len: 64, ..ok.clone() }).is_err());
+        assert!(check(&EvalConfig { copy_depths: vec![1.5], ..ok.clone() }).is_err());
+        assert!(check(&EvalConfig { budgets: vec![], ..ok.clone() }).is_err());
+        assert!(check(&EvalConfig { fidelity_every: 0, ..ok }).is_err());
+    }
 }

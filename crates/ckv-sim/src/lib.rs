@@ -7,6 +7,12 @@
 //! dense attention with [`fidelity`] (DESIGN section 8: top-k recall, attention-mass recall,
 //! output relative error).
 //!
+//! On a real model, [`evaluate`] runs the accuracy evaluation of DESIGN section 8
+//! (perplexity, copy and passkey retrieval, attention fidelity per layer) through
+//! [`run_probes`]: each [`Probe`]'s prompt is prefilled densely once, snapshotted and
+//! restored into every (method, budget) [`Setting`]; [`write_reports`] writes the
+//! [`EvalReport`] as JSON, CSV, Markdown and SVG plots.
+//!
 //! ```
 //! use ckv_select::SelectParams;
 //! use ckv_sim::{SimConfig, Trace, TraceConfig, Variant, simulate};

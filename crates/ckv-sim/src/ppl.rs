@@ -4,7 +4,7 @@
 //! all live).
 
 use ckv_model::Model;
-use ckv_select::{GqaPolicy, Method};
+use ckv_select::{GqaPolicy, Method, SelectParams};
 use indicatif::ProgressBar;
 use serde::Serialize;
 
@@ -101,7 +101,12 @@ pub fn perplexity(
                 .map(|&m| Setting { variant: variant(m), budget }),
         );
     }
-    let options = ProbeOptions { dense_layers: config.dense_layers, seed: config.seed, fidelity_every: 1 };
+    let options = ProbeOptions {
+        select: SelectParams::default(),
+        dense_layers: config.dense_layers,
+        seed: config.seed,
+        fidelity_every: 1,
+    };
     let results = run_probes(model, &probes, &settings, &options, progress)?;
     let mean_nll = |r: &SettingResult| {
         r.scores.iter().map(|s| s.nll_sum).sum::<f64>()

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use ckv_attn::{DecodeInput, LayerPipeline};
 use ckv_model::{Model, PromptSnapshot, Sequence, argmax, nll};
-use ckv_select::SelectParams;
+use ckv_select::{GqaPolicy, Method, SelectParams};
 use half::f16;
 use indicatif::ProgressBar;
 use rayon::prelude::*;
@@ -52,8 +52,11 @@ pub struct Setting {
 }
 
 /// How probes run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ProbeOptions {
+    /// Selection parameters every setting starts from (sink, tokens per cluster, window,
+    /// ...); the method, GQA policy, budget, seed and context are set per setting.
+    pub select: SelectParams,
     /// Leading layers that always attend densely.
     pub dense_layers: usize,
     /// Seed of the clustering.
@@ -89,11 +92,14 @@ pub struct SettingResult {
 }
 
 /// Selection parameters of `setting` for probes of at most `max_context` tokens.
-pub(crate) fn select_params(setting: Setting, seed: u64, max_context: usize) -> SelectParams {
-    SelectParams::new(setting.variant.method)
+fn select_params(options: &ProbeOptions, setting: Setting, max_context: usize) -> SelectParams {
+    options
+        .select
+        .clone()
+        .method(setting.variant.method)
         .gqa(setting.variant.gqa)
         .budget(setting.budget)
-        .seed(seed)
+        .seed(options.seed)
         .max_context(max_context)
 }
 
@@ -124,18 +130,14 @@ pub fn run_probes(
     }
     // Validate every setting before the long work.
     for &setting in settings {
-        select_params(setting, options.seed, max_context).validate()?;
-        model.runner(&select_params(setting, options.seed, max_context), options.dense_layers)?;
+        model.runner(&select_params(options, setting, max_context), options.dense_layers)?;
     }
     let steps = probes.iter().map(Probe::steps).max().unwrap_or(0);
     progress.set_length((probes.len() + settings.len() * steps) as u64);
     progress.set_message("dense prefill");
-    let dense = select_params(
-        Setting { variant: Variant::all()[0], budget: max_context.max(1) },
-        options.seed,
-        max_context,
-    )
-    .method(ckv_select::Method::Dense);
+    let dense_variant = Variant { method: Method::Dense, gqa: GqaPolicy::PerQueryHead };
+    let dense =
+        select_params(options, Setting { variant: dense_variant, budget: max_context.max(1) }, max_context);
     let started = Instant::now();
     let mut prefill = model.runner(&dense, options.dense_layers)?;
     let snapshots = probes
@@ -190,7 +192,7 @@ fn run_setting(
     max_context: usize,
     progress: &ProgressBar,
 ) -> Result<SettingResult, SimError> {
-    let select = select_params(setting, options.seed, max_context);
+    let select = select_params(options, setting, max_context);
     let mut runner = model.runner(&select, options.dense_layers)?;
     let mut seqs: Vec<Sequence> = snapshots.iter().map(|s| runner.restore(s)).collect::<Result<_, _>>()?;
     let mut scores = vec![ProbeScore::default(); probes.len()];
@@ -200,7 +202,7 @@ fn run_setting(
     for step in 0..steps {
         let active: Vec<usize> = (0..probes.len()).filter(|&i| step < probes[i].steps()).collect();
         // Dense attention is its own reference: nothing to measure.
-        let sparse = setting.variant.method != ckv_select::Method::Dense;
+        let sparse = setting.variant.method != Method::Dense;
         let measure: Vec<bool> = active
             .iter()
             .map(|&i| sparse && probes[i].fidelity && step % options.fidelity_every.max(1) == 0)

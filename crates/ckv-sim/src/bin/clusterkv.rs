@@ -133,6 +133,18 @@ struct EvalArgs {
     /// Seed of the clustering and of the passkeys.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Sink tokens s (default 16).
+    #[arg(long)]
+    sink: Option<usize>,
+    /// Prompt tokens per cluster (default 80).
+    #[arg(long)]
+    tokens_per_cluster: Option<usize>,
+    /// Tail window: tokens re-clustered at a time (default min(320, (B - s) / 2)).
+    #[arg(long)]
+    window: Option<usize>,
+    /// Clusters per tail window (default from the window).
+    #[arg(long)]
+    window_clusters: Option<usize>,
     /// Folder of the reports.
     #[arg(long, default_value = "reports")]
     out: PathBuf,
@@ -313,6 +325,19 @@ fn eval_command(args: EvalArgs) -> Result<(), Box<dyn std::error::Error>> {
     config.fidelity_every = args.fidelity_every.unwrap_or(config.fidelity_every);
     config.dense_layers = args.model.dense_layers;
     config.seed = args.seed;
+    let select = &mut config.select;
+    if let Some(sink) = args.sink {
+        *select = select.clone().sink(sink);
+    }
+    if let Some(tpc) = args.tokens_per_cluster {
+        *select = select.clone().tokens_per_cluster(tpc);
+    }
+    if let Some(window) = args.window {
+        *select = select.clone().window(window);
+    }
+    if let Some(clusters) = args.window_clusters {
+        *select = select.clone().window_clusters(clusters);
+    }
     let (model, tokenizer) = load(&args.model.model)?;
     let tokens = read_text(&args.text, &tokenizer)?;
     let bar = progress_bar()?;
