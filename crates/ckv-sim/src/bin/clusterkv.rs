@@ -341,9 +341,7 @@ fn eval_command(args: EvalArgs) -> Result<(), Box<dyn std::error::Error>> {
     let (model, tokenizer) = load(&args.model.model)?;
     let tokens = read_text(&args.text, &tokenizer)?;
     let bar = progress_bar()?;
-    let records = evaluate(&model, &tokenizer, &tokens, &config, &bar)?;
-    bar.finish_and_clear();
-    let meta = RunMeta {
+    let mut meta = RunMeta {
         model: args.model.model.display().to_string(),
         model_sha256: sha256(&args.model.model)?,
         text: args.text.display().to_string(),
@@ -356,20 +354,31 @@ fn eval_command(args: EvalArgs) -> Result<(), Box<dyn std::error::Error>> {
         positions: config.positions,
         decode: config.decode,
         command: std::env::args().collect::<Vec<_>>().join(" "),
-        seconds: started.elapsed().as_secs_f64(),
+        seconds: 0.0,
     };
-    let report = EvalReport { meta, records };
-    println!("{}", score_tables(&report));
-    let files = write_reports(&args.out, &report)?;
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report.records)?)
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        eprintln!("wrote {}", path.display());
+    // One context at a time, the reports rewritten after each: a long run stopped early
+    // keeps the contexts it finished.
+    let mut records = Vec::new();
+    let mut files = Vec::new();
+    for &context in &config.contexts {
+        let one = EvalConfig { contexts: vec![context], ..config.clone() };
+        records.extend(evaluate(&model, &tokenizer, &tokens, &one, &bar)?);
+        meta.seconds = started.elapsed().as_secs_f64();
+        let report = EvalReport { meta: meta.clone(), records: records.clone() };
+        files = write_reports(&args.out, &report)?;
+        if let Some(path) = &args.json {
+            std::fs::write(path, serde_json::to_string_pretty(&report.records)?)
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        }
+        info!(context, out = %args.out.display(), "context done, reports written");
     }
+    bar.finish_and_clear();
+    println!("{}", score_tables(&EvalReport { meta, records }));
     eprintln!(
-        "wrote {} ({} files) in {:.1} s",
+        "wrote {} ({} files{}) in {:.1} s",
         args.out.display(),
         files.len(),
+        args.json.as_ref().map_or(String::new(), |p| format!(" and {}", p.display())),
         started.elapsed().as_secs_f64()
     );
     Ok(())
