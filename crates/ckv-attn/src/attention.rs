@@ -1,61 +1,62 @@
-//! Decode attention of one query row over stored key/value rows: dense (every row) or
-//! sparse (the rows of a selection), with one implementation so that a sparse step over
-//! every id is bitwise the dense step.
+//! Decode attention of a group of query rows over stored key/value rows: dense (every row)
+//! or sparse (the rows of a selection), with one implementation so that a sparse step over
+//! every id is bitwise the dense step. The query rows of a group share one read of the
+//! rows (the GQA group of a KV head, when they attend to the same ids).
 
-use ckv_cluster::{Element, axpy, dot};
+use ckv_cluster::{Element, score_rows, softmax, weigh_rows};
 
-/// Attention of the query `q` (`d` values) over the key/value rows `rows` of `keys` and
-/// `values` (`[n, d]` each): an exact, numerically stable softmax of `scale * q · k`
-/// (maximum subtracted, f32 accumulation) over those rows, weighted sum of their values
-/// into `out` (`d` values). `probs` is scratch; it ends holding the probabilities in the
-/// order of `rows`.
+/// Attention of the `g` query rows of `queries` (`[g, d]`) over the key/value rows `rows`
+/// of `keys` and `values` (`[_, d]` each): for each query row an exact, numerically stable
+/// softmax of `scale * q · k` (maximum subtracted, f32 accumulation) over those rows, and
+/// the weighted sum of their values into its row of `out` (`[g, d]`). `probs` is scratch;
+/// it ends holding the probabilities, `[g, n]` query-major, in the order of `rows`.
 ///
 /// # Panics
-/// If a row index is out of range or `out.len() != q.len()`; the pipeline checks both
-/// before calling.
+/// If `d == 0`, `queries` or `out` is not `[g, d]`, or a row index is out of range; the
+/// pipeline checks all of them before calling.
+#[allow(clippy::too_many_arguments)]
 pub fn attend_rows<E: Element>(
-    q: &[f32],
+    queries: &[f32],
+    d: usize,
     keys: &[E],
     values: &[E],
-    rows: impl Iterator<Item = usize> + Clone,
+    rows: impl ExactSizeIterator<Item = usize> + Clone,
     scale: f32,
     probs: &mut Vec<f32>,
     out: &mut [f32],
 ) {
-    let d = q.len();
-    assert_eq!(out.len(), d, "output row length");
+    assert_eq!(out.len(), queries.len(), "output rows");
+    let n = rows.len();
     probs.clear();
-    probs.extend(rows.clone().map(|r| scale * dot(q, &keys[r * d..(r + 1) * d])));
-    let max = probs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0f32;
-    for p in probs.iter_mut() {
-        *p = (*p - max).exp();
-        sum += *p;
+    probs.resize(queries.len() / d.max(1) * n, 0.0);
+    score_rows(queries, d, keys, rows.clone(), scale, probs);
+    if n > 0 {
+        probs.chunks_exact_mut(n).for_each(softmax);
     }
-    let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
     out.fill(0.0);
-    for (p, r) in probs.iter_mut().zip(rows) {
-        *p *= inv;
-        axpy(*p, &values[r * d..(r + 1) * d], out);
-    }
+    weigh_rows(probs, d, values, rows, out);
 }
 
-/// Dense decode attention: `q` over every row of `keys`/`values`.
+/// Dense decode attention: the query rows `queries` (`[g, d]`) over every row of
+/// `keys`/`values`.
 pub fn dense_attention<E: Element>(
-    q: &[f32],
+    queries: &[f32],
+    d: usize,
     keys: &[E],
     values: &[E],
     scale: f32,
     probs: &mut Vec<f32>,
     out: &mut [f32],
 ) {
-    let n = keys.len() / q.len().max(1);
-    attend_rows(q, keys, values, 0..n, scale, probs, out);
+    let n = keys.len() / d.max(1);
+    attend_rows(queries, d, keys, values, 0..n, scale, probs, out);
 }
 
-/// Sparse decode attention: `q` over the rows `ids` only.
+/// Sparse decode attention: the query rows `queries` (`[g, d]`) over the rows `ids` only.
+#[allow(clippy::too_many_arguments)]
 pub fn sparse_attention<E: Element>(
-    q: &[f32],
+    queries: &[f32],
+    d: usize,
     keys: &[E],
     values: &[E],
     ids: &[u32],
@@ -63,7 +64,7 @@ pub fn sparse_attention<E: Element>(
     probs: &mut Vec<f32>,
     out: &mut [f32],
 ) {
-    attend_rows(q, keys, values, ids.iter().map(|&i| i as usize), scale, probs, out);
+    attend_rows(queries, d, keys, values, ids.iter().map(|&i| i as usize), scale, probs, out);
 }
 
 #[cfg(test)]
@@ -78,7 +79,7 @@ mod tests {
         let values: Vec<f32> = (0..5 * d).map(|i| (i as f32 * 0.3).cos()).collect();
         let mut probs = Vec::new();
         let mut out = [0.0f32; 3];
-        dense_attention(&q, &keys, &values, 0.5, &mut probs, &mut out);
+        dense_attention(&q, d, &keys, &values, 0.5, &mut probs, &mut out);
         let s: Vec<f64> = keys
             .chunks(d)
             .map(|k| 0.5 * k.iter().zip(&q).map(|(a, b)| (*a as f64) * (*b as f64)).sum::<f64>())
@@ -90,8 +91,56 @@ mod tests {
         }
         assert!((probs.iter().sum::<f32>() - 1.0).abs() < 1e-6);
         let mut sparse = [0.0f32; 3];
-        sparse_attention(&q, &keys, &values, &[0, 1, 2, 3, 4], 0.5, &mut probs, &mut sparse);
+        sparse_attention(&q, d, &keys, &values, &[0, 1, 2, 3, 4], 0.5, &mut probs, &mut sparse);
         assert_eq!(sparse, out);
+    }
+
+    proptest::proptest! {
+        /// A group of query rows attends bitwise as each row alone, and as the `f64`
+        /// definition within rounding; any group size, odd dims, empty and repeated ids.
+        #[test]
+        fn group_equals_each_row_alone(
+            g in 1usize..9,
+            d in 1usize..40,
+            total in 1usize..50,
+            picks in proptest::collection::vec(0usize..1000, 0..60),
+            seed in 0usize..1000,
+        ) {
+            let val = |i: usize, salt: usize| ((i * 7919 + salt * 104_729) % 2003) as f32 / 500.0 - 2.0;
+            let q: Vec<f32> = (0..g * d).map(|i| val(i, seed)).collect();
+            let keys: Vec<half::f16> = (0..total * d).map(|i| half::f16::from_f32(val(i, seed + 1))).collect();
+            let values: Vec<half::f16> = (0..total * d).map(|i| half::f16::from_f32(val(i, seed + 2))).collect();
+            let ids: Vec<u32> = picks.iter().map(|&p| (p % total) as u32).collect();
+            let (mut probs, mut out) = (Vec::new(), vec![f32::NAN; g * d]);
+            sparse_attention(&q, d, &keys, &values, &ids, 0.3, &mut probs, &mut out);
+            let mut one = vec![f32::NAN; d];
+            for j in 0..g {
+                let mut p1 = Vec::new();
+                sparse_attention(&q[j * d..(j + 1) * d], d, &keys, &values, &ids, 0.3, &mut p1, &mut one);
+                proptest::prop_assert_eq!(&one[..], &out[j * d..(j + 1) * d]);
+                proptest::prop_assert_eq!(&p1[..], &probs[j * ids.len()..(j + 1) * ids.len()]);
+                let s: Vec<f64> = ids
+                    .iter()
+                    .map(|&r| {
+                        let k = &keys[r as usize * d..(r as usize + 1) * d];
+                        0.3 * (0..d).map(|e| q[j * d + e] as f64 * k[e].to_f64()).sum::<f64>()
+                    })
+                    .collect();
+                let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
+                for e in 0..d {
+                    let want: f64 = if ids.is_empty() {
+                        0.0
+                    } else {
+                        s.iter()
+                            .zip(&ids)
+                            .map(|(x, &r)| (x - m).exp() / z * values[r as usize * d + e].to_f64())
+                            .sum()
+                    };
+                    proptest::prop_assert!((one[e] as f64 - want).abs() < 1e-5, "{} vs {}", one[e], want);
+                }
+            }
+        }
     }
 
     #[test]
@@ -101,7 +150,7 @@ mod tests {
         let values = [3.0f32, 5.0];
         let mut probs = Vec::new();
         let mut out = [0.0f32];
-        dense_attention(&q, &keys, &values, 1.0, &mut probs, &mut out);
+        dense_attention(&q, 1, &keys, &values, 1.0, &mut probs, &mut out);
         assert_eq!(out, [5.0]);
     }
 }

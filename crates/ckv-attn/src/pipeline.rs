@@ -148,7 +148,7 @@ impl<E: Element> LayerPipeline<E> {
                     selections: (0..select.gqa().selections_per_group(cfg.group()))
                         .map(|_| Vec::with_capacity(attended))
                         .collect(),
-                    probs: Vec::with_capacity(attended),
+                    probs: Vec::with_capacity(attended * cfg.group()),
                     prompt_attention: Vec::new(),
                 })
             })
@@ -427,11 +427,24 @@ fn decode_one<E: Element>(
             }
             let step = StepCtx { queries, n_queries: g, keys: head.kv.keys(), d, regions };
             select_group(head.selector.as_mut(), select, &step, &mut head.selections)?;
-            let shared = head.selections.len() == 1;
-            for (j, (q, o)) in queries.chunks_exact(d).zip(out.chunks_exact_mut(d)).enumerate() {
-                let ids = &head.selections[if shared { 0 } else { j }];
-                sparse_attention(q, head.kv.keys(), head.kv.values(), ids, cfg.scale(), &mut head.probs, o);
-                head.selector.observe(ids, &head.probs);
+            // One selection for the group (or every query row attends to everything): the
+            // group reads the selected KV once.
+            let context = regions.context();
+            let shared = head.selections.len() == 1 || head.selections.iter().all(|s| s.len() == context);
+            let (kv, scale) = (&head.kv, cfg.scale());
+            if shared {
+                let ids = &head.selections[0];
+                sparse_attention(queries, d, kv.keys(), kv.values(), ids, scale, &mut head.probs, out);
+                for probs in head.probs.chunks_exact(ids.len()) {
+                    head.selector.observe(ids, probs);
+                }
+            } else {
+                for ((q, o), ids) in
+                    queries.chunks_exact(d).zip(out.chunks_exact_mut(d)).zip(&head.selections)
+                {
+                    sparse_attention(q, d, kv.keys(), kv.values(), ids, scale, &mut head.probs, o);
+                    head.selector.observe(ids, &head.probs);
+                }
             }
             Ok::<(), AttnError>(())
         })?;

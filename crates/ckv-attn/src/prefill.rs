@@ -1,7 +1,7 @@
 //! Dense causal attention of a prompt chunk, blocked: scores and outputs of a block of
 //! queries are two matrix products (`Q · Kᵀ`, `P · V`) through `ckv-cluster`'s sgemm.
 
-use ckv_cluster::{Element, matmul_nn, matmul_nt};
+use ckv_cluster::{Element, matmul_nn, matmul_nt, softmax};
 use rayon::prelude::*;
 
 /// Queries per block: a block's scores are `QUERY_BLOCK x context` f32 values.
@@ -90,18 +90,4 @@ pub(crate) fn causal_attention(
         }
     }
     received
-}
-
-/// In-place numerically stable softmax (maximum subtracted, f32).
-fn softmax(scores: &mut [f32]) {
-    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0f32;
-    for s in scores.iter_mut() {
-        *s = (*s - max).exp();
-        sum += *s;
-    }
-    let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
-    for s in scores.iter_mut() {
-        *s *= inv;
-    }
 }

@@ -130,7 +130,7 @@ proptest! {
                     let (k, v) = (head_rows(&all_k, hkv, h / g, d), head_rows(&all_v, hkv, h / g, d));
                     prop_assert_eq!(layer.kv(seq, h / g).unwrap().keys(), &k[..]);
                     let mut want = vec![0.0f32; d];
-                    dense_attention(&data.step_q[0][h * d..(h + 1) * d], &k, &v, scale, &mut probs, &mut want);
+                    dense_attention(&data.step_q[0][h * d..(h + 1) * d], d, &k, &v, scale, &mut probs, &mut want);
                     let err = rel_err(&out[h * d..(h + 1) * d], &want);
                     prop_assert!(err <= 1e-6, "{} {} head {}: relative error {}", method, gqa, h, err);
                     prop_assert_eq!(layer.selection(seq, h).unwrap(), &(0..=t as u32).collect::<Vec<_>>()[..]);
@@ -602,7 +602,16 @@ fn dense_layers_attend_densely() {
             let ids = layer.selection(seq, h).unwrap();
             let mut want = vec![0.0f32; d];
             let q = &data.step_q[steps - 1][h * d..(h + 1) * d];
-            sparse_attention(q, kv.keys(), kv.values(), ids, layer.config().scale(), &mut probs, &mut want);
+            sparse_attention(
+                q,
+                d,
+                kv.keys(),
+                kv.values(),
+                ids,
+                layer.config().scale(),
+                &mut probs,
+                &mut want,
+            );
             assert_eq!(bits(&out[h * d..(h + 1) * d]), bits(&want), "layer {layer_no} head {h}");
             selections.push(ids.to_vec());
         }
@@ -622,6 +631,7 @@ fn dense_layers_attend_densely() {
             let mut want = vec![0.0f32; d];
             dense_attention(
                 &data.step_q[steps - 1][h * d..(h + 1) * d],
+                d,
                 &k,
                 &v,
                 scale,
@@ -713,7 +723,7 @@ fn empty_prompt_decodes_densely() {
                 let (k, v) = (head_rows(&all_k, hkv, h / g, d), head_rows(&all_v, hkv, h / g, d));
                 let mut want = vec![0.0f32; d];
                 let q = &data.step_q[i][h * d..(h + 1) * d];
-                dense_attention(q, &k, &v, layer.config().scale(), &mut probs, &mut want);
+                dense_attention(q, d, &k, &v, layer.config().scale(), &mut probs, &mut want);
                 assert_eq!(bits(&out[h * d..(h + 1) * d]), bits(&want), "{method} step {i} head {h}");
             }
         }

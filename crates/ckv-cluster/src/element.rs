@@ -3,6 +3,8 @@
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
+use crate::RowData;
+
 /// Storage element of key/value rows: `f32` or [`half::f16`]. Reductions always happen in `f32`
 /// (or wider).
 pub trait Element: Copy + Send + Sync + Default + PartialEq + std::fmt::Debug + 'static {
@@ -30,6 +32,9 @@ pub trait Element: Copy + Send + Sync + Default + PartialEq + std::fmt::Debug + 
     /// # Panics
     /// If `src.len() != dst.len()` (internal callers guarantee equal lengths).
     fn from_f32_slice(src: &[f32], dst: &mut [Self]);
+
+    /// The rows as a [`RowData`], for kernels written once per element type.
+    fn row_data(rows: &[Self]) -> RowData<'_>;
 }
 
 impl Element for f32 {
@@ -53,6 +58,10 @@ impl Element for f32 {
     fn from_f32_slice(src: &[f32], dst: &mut [Self]) {
         dst.copy_from_slice(src);
     }
+
+    fn row_data(rows: &[Self]) -> RowData<'_> {
+        RowData::F32(rows)
+    }
 }
 
 impl Element for f16 {
@@ -75,6 +84,10 @@ impl Element for f16 {
 
     fn from_f32_slice(src: &[f32], dst: &mut [Self]) {
         dst.convert_from_f32_slice(src);
+    }
+
+    fn row_data(rows: &[Self]) -> RowData<'_> {
+        RowData::F16(rows)
     }
 }
 

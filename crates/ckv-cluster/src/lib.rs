@@ -35,6 +35,7 @@ mod error;
 mod kmeans;
 mod matmul;
 mod params;
+mod rows;
 mod values;
 
 pub use clustering::Clustering;
@@ -44,4 +45,5 @@ pub use error::ClusterError;
 pub use kmeans::{kmeans, kmeans_heads};
 pub use matmul::{matmul_nn, matmul_nt};
 pub use params::{ClusterParams, ValidClusterParams};
+pub use rows::{RowData, score_rows, simd_enabled, softmax, weigh_rows};
 pub use values::{ValueError, check_values};

@@ -45,7 +45,7 @@ pub use methods::{
     new_selector,
 };
 pub use params::{GqaPolicy, Method, SelectParams, ValidSelectParams};
-pub use rank::{partition_top, rank_descending, take_units};
+pub use rank::{partition_top, rank_covering, take_units};
 pub use regions::Regions;
 pub use selector::{Growth, Selector, StepCtx, select_group, select_step};
 

@@ -8,11 +8,36 @@ fn better(a: (f32, u32), b: (f32, u32)) -> Ordering {
     b.0.total_cmp(&a.0).then(a.1.cmp(&b.1))
 }
 
-/// Fills `order` with `0..scores.len()` sorted by score descending, ties to the lower id.
-pub fn rank_descending(scores: &[f32], order: &mut Vec<u32>) {
+/// Units ranked first, before the ranking widens: enough for most budgets at 80 tokens per
+/// cluster.
+const FIRST_RANKED: usize = 16;
+
+/// Fills `order` with the best units in ranking order (score descending, ties to the lower
+/// id), as many as it takes for their `size`s to add up to `count` tokens (every unit if they
+/// never do). Only those units are sorted: a selection finds the best `m` (`m` doubling from
+/// 16 until they cover `count`) and sorts them, so the order is that of a full sort.
+pub fn rank_covering(scores: &[f32], count: usize, size: impl Fn(u32) -> usize, order: &mut Vec<u32>) {
     order.clear();
+    if count == 0 {
+        return;
+    }
     order.extend(0..scores.len() as u32);
-    order.sort_unstable_by(|&a, &b| better((scores[a as usize], a), (scores[b as usize], b)));
+    let by_rank = |&a: &u32, &b: &u32| better((scores[a as usize], a), (scores[b as usize], b));
+    let mut m = FIRST_RANKED;
+    loop {
+        if m >= order.len() {
+            order.sort_unstable_by(by_rank);
+            return;
+        }
+        order.select_nth_unstable_by(m - 1, by_rank);
+        let top = &mut order[..m];
+        if top.iter().map(|&u| size(u)).sum::<usize>() >= count {
+            top.sort_unstable_by(by_rank);
+            order.truncate(m);
+            return;
+        }
+        m *= 2;
+    }
 }
 
 /// Reorders `ids` so that its first `count` entries are the `count` best by `score`
@@ -51,8 +76,32 @@ mod tests {
     #[test]
     fn ranks_descending_with_ties_to_lower_id() {
         let mut order = Vec::new();
-        rank_descending(&[1.0, 3.0, 3.0, -1.0, 2.0], &mut order);
+        rank_covering(&[1.0, 3.0, 3.0, -1.0, 2.0], 100, |_| 1, &mut order);
         assert_eq!(order, [1, 2, 4, 0, 3]);
+        rank_covering(&[1.0, 3.0], 0, |_| 1, &mut order);
+        assert!(order.is_empty());
+    }
+
+    proptest::proptest! {
+        /// The ranked prefix is that of a full sort and covers the count with the fewest
+        /// units it can, whatever the sizes (zero included) and ties.
+        #[test]
+        fn covering_prefix_of_a_full_sort(
+            scores in proptest::collection::vec(-4i8..4, 0..300),
+            sizes in proptest::collection::vec(0usize..100, 300),
+            count in 0usize..5000,
+        ) {
+            let scores: Vec<f32> = scores.iter().map(|&s| s as f32).collect();
+            let mut full: Vec<u32> = (0..scores.len() as u32).collect();
+            full.sort_by(|&a, &b| better((scores[a as usize], a), (scores[b as usize], b)));
+            let mut order = Vec::new();
+            rank_covering(&scores, count, |u| sizes[u as usize], &mut order);
+            proptest::prop_assert_eq!(&order[..], &full[..order.len()]);
+            let covered: usize = order.iter().map(|&u| sizes[u as usize]).sum();
+            if count > 0 && order.len() < full.len() {
+                proptest::prop_assert!(covered >= count);
+            }
+        }
     }
 
     #[test]

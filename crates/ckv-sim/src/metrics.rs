@@ -41,8 +41,8 @@ pub fn fidelity<E: Element>(
     let s = &mut *scratch;
     s.dense_out.resize(d, 0.0);
     s.sparse_out.resize(d, 0.0);
-    dense_attention(q, keys, values, scale, &mut s.probs, &mut s.dense_out);
-    sparse_attention(q, keys, values, selected, scale, &mut s.sparse_probs, &mut s.sparse_out);
+    dense_attention(q, d, keys, values, scale, &mut s.probs, &mut s.dense_out);
+    sparse_attention(q, d, keys, values, selected, scale, &mut s.sparse_probs, &mut s.sparse_out);
     s.inside.clear();
     s.inside.resize(n, false);
     for &id in selected {

@@ -56,6 +56,9 @@ mod tests {
         fn from_f32_slice(src: &[f32], dst: &mut [Self]) {
             assert_eq!(src.len(), dst.len());
         }
+        fn row_data(_: &[Self]) -> crate::RowData<'_> {
+            unreachable!("the row kernels never see this test type")
+        }
     }
 
     #[test]

@@ -2,10 +2,10 @@
 
 use std::ops::Range;
 
-use ckv_cluster::{ClusterParams, Element, dot, kmeans};
+use ckv_cluster::{ClusterParams, Element, kmeans, score_rows};
 use ckv_index::ClusterIndex;
 
-use crate::rank::{rank_descending, take_units};
+use crate::rank::{rank_covering, take_units};
 use crate::selector::sum_queries;
 use crate::{Growth, Method, SelectError, Selector, StepCtx, ValidSelectParams, derive_seed};
 
@@ -75,8 +75,9 @@ impl<E: Element> Selector<E> for ClusterKvSelector {
         let Some(index) = &self.index else { return };
         sum_queries(step.queries, step.d, &mut self.query);
         self.scores.clear();
-        self.scores.extend(index.centroids().chunks_exact(step.d).map(|c| dot(&self.query, c)));
-        rank_descending(&self.scores, &mut self.order);
+        self.scores.resize(index.n_clusters(), 0.0);
+        score_rows(&self.query, step.d, index.centroids(), 0..index.n_clusters(), 1.0, &mut self.scores);
+        rank_covering(&self.scores, count, |c| index.members_of(c as usize).len(), &mut self.order);
         take_units(&self.order, count, |c| index.members_of(c as usize).iter().copied(), out);
     }
 
@@ -89,6 +90,7 @@ impl<E: Element> Selector<E> for ClusterKvSelector {
 mod tests {
     use super::*;
     use crate::{Regions, SelectParams, select_step};
+    use ckv_cluster::dot;
 
     /// Far more than 256 clusters (the reference code's cap) rank and fill correctly.
     #[test]
