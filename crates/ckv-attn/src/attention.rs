@@ -67,6 +67,55 @@ pub fn sparse_attention<E: Element>(
     attend_rows(queries, d, keys, values, ids.iter().map(|&i| i as usize), scale, probs, out);
 }
 
+/// The selections of one GQA group at one step, as [`select_group`](ckv_select::select_group)
+/// leaves them: one sorted id list for the whole group, or one per query row.
+#[derive(Debug, Clone, Copy)]
+pub struct Selected<'a> {
+    /// The id lists.
+    pub lists: &'a [Vec<u32>],
+    /// Tokens stored (`t + 1`): a list this long holds every token.
+    pub context: usize,
+}
+
+impl Selected<'_> {
+    /// The list the whole group shares: there is one, or every list holds every token.
+    pub fn shared(&self) -> Option<&[u32]> {
+        if self.lists.len() == 1 || self.lists.iter().all(|l| l.len() == self.context) {
+            self.lists.first().map(Vec::as_slice)
+        } else {
+            None
+        }
+    }
+}
+
+/// Attention of a GQA group's query rows (`[g, d]`) after selection: a shared list is read
+/// once for the whole group, otherwise each query row attends to its own list. `observe`
+/// gets each (ids, probabilities) pair, one per query row, in order.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_selected<E: Element>(
+    queries: &[f32],
+    d: usize,
+    keys: &[E],
+    values: &[E],
+    selected: Selected<'_>,
+    scale: f32,
+    probs: &mut Vec<f32>,
+    out: &mut [f32],
+    mut observe: impl FnMut(&[u32], &[f32]),
+) {
+    if let Some(ids) = selected.shared() {
+        sparse_attention(queries, d, keys, values, ids, scale, probs, out);
+        for p in probs.chunks_exact(ids.len().max(1)) {
+            observe(ids, p);
+        }
+        return;
+    }
+    for ((q, o), ids) in queries.chunks_exact(d).zip(out.chunks_exact_mut(d)).zip(selected.lists) {
+        sparse_attention(q, d, keys, values, ids, scale, probs, o);
+        observe(ids, probs);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

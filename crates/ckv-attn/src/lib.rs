@@ -34,7 +34,7 @@ mod error;
 mod pipeline;
 mod prefill;
 
-pub use attention::{attend_rows, dense_attention, sparse_attention};
+pub use attention::{Selected, attend_rows, attend_selected, dense_attention, sparse_attention};
 pub use config::{PipelineConfig, ValidPipelineConfig};
 pub use error::AttnError;
 pub use pipeline::{DecodeInput, LayerPipeline, PrefillInput, PrefillSnapshot, SeqId};

@@ -10,7 +10,7 @@ use ckv_select::{GqaPolicy, Growth, Regions, Selector, StepCtx, derive_seed, new
 use rayon::prelude::*;
 
 use crate::prefill::{HeadF32, causal_attention};
-use crate::{AttnError, ValidPipelineConfig, sparse_attention};
+use crate::{AttnError, Selected, ValidPipelineConfig, attend_selected};
 
 /// Identifies a sequence held by a [`LayerPipeline`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -427,25 +427,19 @@ fn decode_one<E: Element>(
             }
             let step = StepCtx { queries, n_queries: g, keys: head.kv.keys(), d, regions };
             select_group(head.selector.as_mut(), select, &step, &mut head.selections)?;
-            // One selection for the group (or every query row attends to everything): the
-            // group reads the selected KV once.
-            let context = regions.context();
-            let shared = head.selections.len() == 1 || head.selections.iter().all(|s| s.len() == context);
-            let (kv, scale) = (&head.kv, cfg.scale());
-            if shared {
-                let ids = &head.selections[0];
-                sparse_attention(queries, d, kv.keys(), kv.values(), ids, scale, &mut head.probs, out);
-                for probs in head.probs.chunks_exact(ids.len()) {
-                    head.selector.observe(ids, probs);
-                }
-            } else {
-                for ((q, o), ids) in
-                    queries.chunks_exact(d).zip(out.chunks_exact_mut(d)).zip(&head.selections)
-                {
-                    sparse_attention(q, d, kv.keys(), kv.values(), ids, scale, &mut head.probs, o);
-                    head.selector.observe(ids, &head.probs);
-                }
-            }
+            let (kv, observe) = (&head.kv, |ids: &[u32], probs: &[f32]| head.selector.observe(ids, probs));
+            let selected = Selected { lists: &head.selections, context: regions.context() };
+            attend_selected(
+                queries,
+                d,
+                kv.keys(),
+                kv.values(),
+                selected,
+                cfg.scale(),
+                &mut head.probs,
+                out,
+                observe,
+            );
             Ok::<(), AttnError>(())
         })?;
     state.clustered_end = clustered_end;

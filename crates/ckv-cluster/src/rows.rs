@@ -57,7 +57,7 @@ pub fn score_rows<E: Element>(
     queries: &[f32],
     d: usize,
     rows: &[E],
-    ids: impl ExactSizeIterator<Item = usize>,
+    ids: impl ExactSizeIterator<Item = usize> + Clone,
     scale: f32,
     scores: &mut [f32],
 ) {
@@ -67,9 +67,13 @@ pub fn score_rows<E: Element>(
     }
     #[cfg(target_arch = "x86_64")]
     if avx2::available() {
-        match E::row_data(rows) {
-            RowData::F32(rows) => avx2::score_rows(queries, d, rows, ids, scale, scores),
-            RowData::F16(rows) => avx2::score_rows(queries, d, rows, ids, scale, scores),
+        // SAFETY: available() checked AVX2, FMA and F16C on this CPU.
+        #[allow(unsafe_code)]
+        unsafe {
+            match E::row_data(rows) {
+                RowData::F32(rows) => avx2::score_rows(queries, d, rows, ids, scale, scores),
+                RowData::F16(rows) => avx2::score_rows(queries, d, rows, ids, scale, scores),
+            }
         }
         return;
     }
@@ -104,7 +108,7 @@ pub fn weigh_rows<E: Element>(
     weights: &[f32],
     d: usize,
     rows: &[E],
-    ids: impl ExactSizeIterator<Item = usize>,
+    ids: impl ExactSizeIterator<Item = usize> + Clone,
     out: &mut [f32],
 ) {
     let (g, n) = shapes(d, out.len(), weights.len(), "weights", ids.len());
@@ -113,9 +117,13 @@ pub fn weigh_rows<E: Element>(
     }
     #[cfg(target_arch = "x86_64")]
     if avx2::available() {
-        match E::row_data(rows) {
-            RowData::F32(rows) => avx2::weigh_rows(weights, d, rows, ids, out),
-            RowData::F16(rows) => avx2::weigh_rows(weights, d, rows, ids, out),
+        // SAFETY: available() checked AVX2, FMA and F16C on this CPU.
+        #[allow(unsafe_code)]
+        unsafe {
+            match E::row_data(rows) {
+                RowData::F32(rows) => avx2::weigh_rows(weights, d, rows, ids, out),
+                RowData::F16(rows) => avx2::weigh_rows(weights, d, rows, ids, out),
+            }
         }
         return;
     }

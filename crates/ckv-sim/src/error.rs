@@ -18,6 +18,12 @@ pub enum SimError {
     /// The pipeline failed.
     #[error(transparent)]
     Attn(#[from] ckv_attn::AttnError),
+    /// A KV store rejected its input.
+    #[error(transparent)]
+    Cache(#[from] ckv_cache::CacheError),
+    /// A clustering was rejected.
+    #[error(transparent)]
+    Cluster(#[from] ckv_cluster::ClusterError),
     /// The model failed to load or run.
     #[error(transparent)]
     Model(#[from] ckv_model::ModelError),

@@ -33,6 +33,7 @@
 //! assert_eq!(dense.fidelity.mass_recall.round(), 1.0);
 //! ```
 
+mod bench;
 mod error;
 mod eval;
 mod metrics;
@@ -43,6 +44,10 @@ mod report;
 mod sim;
 mod trace;
 
+pub use bench::{
+    BenchConfig, BenchRecord, BenchReport, Flusher, LayerShape, bench_tables, copy_bandwidth,
+    last_level_cache_bytes, run_bench,
+};
 pub use error::SimError;
 pub use eval::{EvalConfig, evaluate};
 pub use metrics::{Fidelity, FidelityScratch, fidelity};

@@ -44,6 +44,7 @@ impl Lanes for f16 {
 }
 
 /// Sum of the eight lanes, in a fixed order.
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
@@ -136,6 +137,7 @@ fn pick<L, const R: usize>(rows: &[L], d: usize, ids: [usize; R]) -> [&[L]; R] {
 }
 
 /// Scores of `R` rows (ids starting at position `i`) against every query row.
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn score_rows_of<L: Lanes, const R: usize>(
     queries: &[f32],
@@ -159,6 +161,7 @@ fn score_rows_of<L: Lanes, const R: usize>(
 }
 
 /// Adds `R` weighted rows (ids starting at position `i`) to every output row.
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn weigh_rows_of<L: Lanes, const R: usize>(
     weights: &[f32],
@@ -187,45 +190,64 @@ fn transpose<const R: usize, const Q: usize>(w: [[f32; R]; Q]) -> [[f32; Q]; R] 
     std::array::from_fn(|r| std::array::from_fn(|j| w[j][r]))
 }
 
-/// [`super::score_rows`] once [`available`] said yes; shapes are checked by the caller.
+/// Rows fetched ahead of the one being computed: random rows (a selection) come from
+/// memory with several misses in flight instead of one at a time.
+const AHEAD: usize = 8;
+
+/// Asks the cache for the row `id` of `rows` (every 64-byte line of it).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn prefetch_row<L>(rows: &[L], d: usize, id: usize) {
+    let row = &rows[id * d..(id + 1) * d];
+    for offset in (0..std::mem::size_of_val(row)).step_by(64) {
+        // SAFETY: offset is inside the row; a prefetch never faults nor changes memory.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().cast::<i8>().add(offset)) };
+    }
+}
+
+/// [`super::score_rows`], to call once [`available`] said yes; shapes are checked by the
+/// caller.
+#[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn score_rows<L: Lanes>(
     queries: &[f32],
     d: usize,
     rows: &[L],
-    ids: impl Iterator<Item = usize>,
+    ids: impl Iterator<Item = usize> + Clone,
     scale: f32,
     scores: &mut [f32],
 ) {
-    assert!(available());
+    let mut ahead = ids.clone().skip(AHEAD);
     let mut ids = ids.enumerate();
     while let Some((i, a)) = ids.next() {
-        // SAFETY: available() checked AVX2, FMA and F16C on this CPU.
-        unsafe {
-            match ids.next() {
-                Some((_, b)) => score_rows_of::<L, 2>(queries, d, pick(rows, d, [a, b]), scale, scores, i),
-                None => score_rows_of::<L, 1>(queries, d, pick(rows, d, [a]), scale, scores, i),
-            }
+        for id in ahead.by_ref().take(2) {
+            prefetch_row(rows, d, id);
+        }
+        match ids.next() {
+            Some((_, b)) => score_rows_of::<L, 2>(queries, d, pick(rows, d, [a, b]), scale, scores, i),
+            None => score_rows_of::<L, 1>(queries, d, pick(rows, d, [a]), scale, scores, i),
         }
     }
 }
 
-/// [`super::weigh_rows`] once [`available`] said yes; shapes are checked by the caller.
+/// [`super::weigh_rows`], to call once [`available`] said yes; shapes are checked by the
+/// caller.
+#[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn weigh_rows<L: Lanes>(
     weights: &[f32],
     d: usize,
     rows: &[L],
-    ids: impl Iterator<Item = usize>,
+    ids: impl Iterator<Item = usize> + Clone,
     out: &mut [f32],
 ) {
-    assert!(available());
+    let mut ahead = ids.clone().skip(AHEAD);
     let mut ids = ids.enumerate();
     while let Some((i, a)) = ids.next() {
-        // SAFETY: available() checked AVX2, FMA and F16C on this CPU.
-        unsafe {
-            match ids.next() {
-                Some((_, b)) => weigh_rows_of::<L, 2>(weights, d, pick(rows, d, [a, b]), out, i),
-                None => weigh_rows_of::<L, 1>(weights, d, pick(rows, d, [a]), out, i),
-            }
+        for id in ahead.by_ref().take(2) {
+            prefetch_row(rows, d, id);
+        }
+        match ids.next() {
+            Some((_, b)) => weigh_rows_of::<L, 2>(weights, d, pick(rows, d, [a, b]), out, i),
+            None => weigh_rows_of::<L, 1>(weights, d, pick(rows, d, [a]), out, i),
         }
     }
 }

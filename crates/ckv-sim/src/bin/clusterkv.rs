@@ -8,8 +8,8 @@ use std::time::Instant;
 use ckv_model::{GgufFile, Model, Tokenizer, argmax};
 use ckv_select::{Method, SelectParams};
 use ckv_sim::{
-    EvalConfig, EvalReport, PplConfig, RunMeta, SimConfig, Task, Trace, TraceConfig, Variant, evaluate,
-    perplexity, ppl_table, score_tables, simulate, table, write_reports,
+    BenchConfig, EvalConfig, EvalReport, PplConfig, RunMeta, SimConfig, Task, Trace, TraceConfig, Variant,
+    bench_tables, evaluate, perplexity, ppl_table, run_bench, score_tables, simulate, table, write_reports,
 };
 use clap::{Parser, Subcommand, ValueEnum};
 use half::f16;
@@ -47,6 +47,54 @@ enum Command {
     Eval(EvalArgs),
     /// Generate text from a prompt on a real model, streaming it.
     Generate(GenerateArgs),
+    /// The performance protocol: decode-step sweep (dense, ClusterKV under each GQA policy,
+    /// Quest) with ratios to dense and bandwidth shares, prefill clustering beside dense
+    /// prefill attention, end-to-end decode tokens/s of the real model.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// Text file (prompts of the end-to-end case).
+    #[arg(long, default_value = DEFAULT_TEXT)]
+    text: PathBuf,
+    /// Quick mode (about a minute): contexts 2048 and 8192, budgets 512 and 1024, prefill at
+    /// 2048, the real model at 512. Without it: contexts 8k, 32k and 128k, budgets 512 to
+    /// 2048, prefill at 32k, the real model at 4k and 8k.
+    #[arg(long)]
+    quick: bool,
+    /// Contexts of the decode sweep, comma separated (default: by mode).
+    #[arg(long, value_delimiter = ',')]
+    contexts: Vec<usize>,
+    /// Budgets of the decode sweep, comma separated (default: by mode).
+    #[arg(long, value_delimiter = ',')]
+    budgets: Vec<usize>,
+    /// Timed runs per decode case (default: by mode).
+    #[arg(long)]
+    reps: Option<usize>,
+    /// Time decode steps back to back, without flushing the cache before each.
+    #[arg(long)]
+    no_flush: bool,
+    /// Prompt length of the prefill case (default: by mode).
+    #[arg(long)]
+    prefill_context: Option<usize>,
+    /// Prompt lengths of the end-to-end case, comma separated (default: by mode).
+    #[arg(long, value_delimiter = ',')]
+    e2e_contexts: Vec<usize>,
+    /// Tokens decoded per end-to-end run (default: by mode).
+    #[arg(long)]
+    e2e_tokens: Option<usize>,
+    /// Skip the end-to-end case (no model or text needed).
+    #[arg(long)]
+    no_model: bool,
+    /// Seed of the synthetic data and the clusterings.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Also write the records as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 /// The model file (default: the one `cargo xtask fetch` gets).
@@ -239,7 +287,44 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Ppl(args) => ppl_command(args),
         Command::Eval(args) => eval_command(args),
         Command::Generate(args) => generate_command(args),
+        Command::Bench(args) => bench_command(args),
     }
+}
+
+fn bench_command(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let started = Instant::now();
+    let mut config = if args.quick { BenchConfig::quick() } else { BenchConfig::full() };
+    if !args.contexts.is_empty() {
+        config.contexts = args.contexts;
+    }
+    if !args.budgets.is_empty() {
+        config.budgets = args.budgets;
+    }
+    if !args.e2e_contexts.is_empty() {
+        config.e2e_contexts = args.e2e_contexts;
+    }
+    config.reps = args.reps.unwrap_or(config.reps);
+    config.flush = !args.no_flush;
+    config.prefill_context = args.prefill_context.unwrap_or(config.prefill_context);
+    config.e2e_tokens = args.e2e_tokens.unwrap_or(config.e2e_tokens);
+    config.dense_layers = args.model.dense_layers;
+    config.seed = args.seed;
+    config.validate()?;
+    let real = if args.no_model {
+        None
+    } else {
+        let (model, tokenizer) = load(&args.model.model)?;
+        let tokens = read_text(&args.text, &tokenizer)?;
+        Some((model, tokens))
+    };
+    let report = run_bench(&config, real.as_ref().map(|(m, t)| (m, t.as_slice())))?;
+    println!("{}", bench_tables(&report));
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report.records)?)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    eprintln!("bench done in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
 }
 
 /// Loads the model and its tokenizer, with a hint when the default file is missing.

@@ -1,0 +1,217 @@
+//! The decode-step sweep (DESIGN section 9): one attention layer of an 8B-model shape, one
+//! sequence, every KV head in parallel; dense attention against ClusterKV (score centroids,
+//! rank, gather ids, attend) under each GQA policy and Quest, from a flushed cache.
+
+use ckv_attn::{Selected, attend_selected, dense_attention};
+use ckv_cache::HeadKv;
+use ckv_select::{
+    ClusterKvSelector, GqaPolicy, Growth, Method, QuestSelector, Regions, SelectParams, Selector, StepCtx,
+    ValidSelectParams, derive_seed, select_group,
+};
+use half::f16;
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use tracing::info;
+
+use super::memory::{Flusher, median_time};
+use super::{BenchConfig, BenchRecord, LayerShape};
+use crate::SimError;
+
+/// Key directions per head in the synthetic keys: tokens are noisy copies of them.
+const TOPICS: usize = 512;
+
+/// One KV head of the synthetic layer: its KV (`context + 1` tokens: the clustered prompt
+/// and the current token) and both selectors, built once and shared by every budget.
+struct Head {
+    kv: HeadKv<f16>,
+    clusterkv: ClusterKvSelector,
+    quest: QuestSelector,
+    queries: Vec<f32>,
+    selections: Vec<Vec<u32>>,
+    probs: Vec<f32>,
+    out: Vec<f32>,
+}
+
+/// Rows of keys around `TOPICS` directions, values uniform, queries near one topic.
+fn synthetic_head(shape: &LayerShape, tokens: usize, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (d, g) = (shape.head_dim, shape.group());
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let topics: Vec<f32> = (0..TOPICS * d).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    let mut keys = vec![0.0f32; tokens * d];
+    for row in keys.chunks_exact_mut(d) {
+        let t = rng.random_range(0..TOPICS);
+        for (k, c) in row.iter_mut().zip(&topics[t * d..(t + 1) * d]) {
+            *k = c + rng.random_range(-0.3f32..0.3);
+        }
+    }
+    let values: Vec<f32> = (0..tokens * d).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    let topic = rng.random_range(0..TOPICS);
+    let queries: Vec<f32> =
+        (0..g * d).map(|i| 2.0 * topics[topic * d + i % d] + rng.random_range(-0.5..0.5)).collect();
+    (keys, values, queries)
+}
+
+/// Builds the heads of one context: KV, ClusterKV's index (k-means with
+/// `config.index_iters` iterations) and Quest's pages over `[s, context)`.
+fn build_heads(config: &BenchConfig, context: usize) -> Result<Vec<Head>, SimError> {
+    let shape = &config.shape;
+    let d = shape.head_dim;
+    let index_params = SelectParams::new(Method::ClusterKv).max_iters(config.index_iters).validate()?;
+    let sink = index_params.sink() as u32;
+    (0..shape.n_kv_heads)
+        .into_par_iter()
+        .map(|h| {
+            let (keys, values, queries) =
+                synthetic_head(shape, context + 1, derive_seed(config.seed, &[h as u64]));
+            let mut kv = HeadKv::with_capacity(d, context + 1)?;
+            kv.extend(&keys, &values)?;
+            drop((keys, values));
+            let mut clusterkv =
+                ClusterKvSelector::new(&index_params, derive_seed(config.seed, &[h as u64, 1]));
+            let mut quest = QuestSelector::new(index_params.quest_page_size());
+            let prompt = sink..context as u32;
+            Selector::<f16>::grow(&mut clusterkv, kv.keys(), d, prompt.clone(), Growth::Prompt)?;
+            Selector::<f16>::grow(&mut quest, kv.keys(), d, prompt, Growth::Prompt)?;
+            let g = shape.group();
+            Ok(Head {
+                kv,
+                clusterkv,
+                quest,
+                queries,
+                selections: Vec::new(),
+                probs: Vec::with_capacity(g * (context + 1)),
+                out: vec![0.0; g * d],
+            })
+        })
+        .collect()
+}
+
+/// A selection method of the sweep.
+#[derive(Debug, Clone, Copy)]
+struct Sparse {
+    method: Method,
+    gqa: GqaPolicy,
+}
+
+impl Sparse {
+    const ALL: [Sparse; 4] = [
+        Sparse { method: Method::ClusterKv, gqa: GqaPolicy::PerQueryHead },
+        Sparse { method: Method::ClusterKv, gqa: GqaPolicy::PerKvHead },
+        Sparse { method: Method::Quest, gqa: GqaPolicy::PerQueryHead },
+        Sparse { method: Method::Quest, gqa: GqaPolicy::PerKvHead },
+    ];
+
+    fn label(self) -> String {
+        format!("{}/{}", self.method, self.gqa)
+    }
+}
+
+/// One step of one head: select, then attend. Returns the bytes the step read: the KV rows
+/// of every id list (a list shared by the group once) and the selector's summaries
+/// (centroids or page bounds).
+fn sparse_step(
+    head: &mut Head,
+    sparse: Sparse,
+    params: &ValidSelectParams,
+    shape: &LayerShape,
+) -> Result<usize, SimError> {
+    let (d, g) = (shape.head_dim, shape.group());
+    let context = head.kv.len();
+    let regions = Regions::new(params.sink() as u32, (context - 1) as u32, (context - 1) as u32)?;
+    let step = StepCtx { queries: &head.queries, n_queries: g, keys: head.kv.keys(), d, regions };
+    head.selections.resize_with(params.gqa().selections_per_group(g), Vec::new);
+    let (selector, summary_bytes): (&mut dyn Selector<f16>, usize) = match sparse.method {
+        Method::ClusterKv => {
+            let clusters = Selector::<f16>::index(&head.clusterkv).map_or(0, |i| i.n_clusters());
+            (&mut head.clusterkv, clusters * d * 4)
+        }
+        _ => ((&mut head.quest), (context - 1).div_ceil(params.quest_page_size()) * 2 * d * 4),
+    };
+    select_group(selector, params, &step, &mut head.selections)?;
+    let selected = Selected { lists: &head.selections, context };
+    let (keys, values) = (head.kv.keys(), head.kv.values());
+    attend_selected(
+        &head.queries,
+        d,
+        keys,
+        values,
+        selected,
+        shape.scale(),
+        &mut head.probs,
+        &mut head.out,
+        |_, _| {},
+    );
+    let rows: usize = match selected.shared() {
+        Some(ids) => ids.len(),
+        None => head.selections.iter().map(Vec::len).sum(),
+    };
+    Ok(rows * 2 * d * 2 + summary_bytes)
+}
+
+/// The sweep at one context: dense once, then every (method, budget).
+fn sweep_context(
+    config: &BenchConfig,
+    context: usize,
+    flusher: &Flusher,
+    bandwidth: f64,
+) -> Result<Vec<BenchRecord>, SimError> {
+    let shape = &config.shape;
+    let started = std::time::Instant::now();
+    let mut heads = build_heads(config, context)?;
+    info!(context, seconds = started.elapsed().as_secs_f64(), "decode sweep: layer built");
+    let d = shape.head_dim;
+    let flush = || {
+        if config.flush {
+            std::hint::black_box(flusher.flush());
+        }
+    };
+    let dense_s = median_time(config.reps, flush, || {
+        heads.par_iter_mut().for_each(|h| {
+            dense_attention(
+                &h.queries,
+                d,
+                h.kv.keys(),
+                h.kv.values(),
+                shape.scale(),
+                &mut h.probs,
+                &mut h.out,
+            )
+        })
+    });
+    let dense_bytes = shape.n_kv_heads * (context + 1) * 2 * d * 2;
+    let record = |method: String, budget: Option<usize>, median_s: f64, bytes: usize| BenchRecord {
+        case: "decode_step".into(),
+        method,
+        context,
+        budget,
+        median_s,
+        ratio_to_dense: Some(dense_s / median_s),
+        bandwidth_share: Some(bytes as f64 / median_s / bandwidth),
+    };
+    let mut records = vec![record("dense".into(), None, dense_s, dense_bytes)];
+    for &budget in &config.budgets {
+        for sparse in Sparse::ALL {
+            let params = SelectParams::new(sparse.method).budget(budget).gqa(sparse.gqa).validate()?;
+            let mut bytes = Ok(0);
+            let seconds = median_time(config.reps, flush, || {
+                bytes = heads.par_iter_mut().map(|h| sparse_step(h, sparse, &params, shape)).sum();
+            });
+            records.push(record(sparse.label(), Some(budget), seconds, bytes?));
+        }
+    }
+    Ok(records)
+}
+
+/// The decode-step sweep over `config.contexts` and `config.budgets`.
+pub fn decode_sweep(
+    config: &BenchConfig,
+    flusher: &Flusher,
+    bandwidth: f64,
+) -> Result<Vec<BenchRecord>, SimError> {
+    let mut records = Vec::new();
+    for &context in &config.contexts {
+        records.extend(sweep_context(config, context, flusher, bandwidth)?);
+    }
+    Ok(records)
+}

@@ -1,0 +1,271 @@
+//! `clusterkv bench`: the performance protocol of DESIGN section 9 in one run.
+//!
+//! - the memory bandwidth of a large parallel copy (bytes read plus written per second);
+//! - the decode-step sweep: one attention layer of an 8B-model shape (`Hq = 32`, `Hkv = 8`,
+//!   `d = 128`, f16 KV), dense against ClusterKV (each GQA policy) and Quest at each context
+//!   and budget, every run from a flushed cache, with ratios to dense and the bandwidth
+//!   share of the bytes each step reads;
+//! - prefill clustering beside dense causal prefill attention at one context;
+//! - end-to-end decode tokens/s of the real model, dense against ClusterKV.
+//!
+//! Timings are medians of repeated runs; ratios are measured side by side in the same run.
+
+mod decode;
+mod e2e;
+mod memory;
+mod prefill;
+
+use std::fmt::Write as _;
+
+use ckv_model::Model;
+use serde::{Deserialize, Serialize};
+use tracing::info;
+
+use crate::SimError;
+
+pub use memory::{Flusher, copy_bandwidth, last_level_cache_bytes};
+
+/// The attention layer's shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerShape {
+    /// Query heads (`Hq`).
+    pub n_q_heads: usize,
+    /// KV heads (`Hkv`).
+    pub n_kv_heads: usize,
+    /// Head dimension (`d`).
+    pub head_dim: usize,
+}
+
+impl LayerShape {
+    /// The shape of DESIGN section 9: an 8B model's layer.
+    pub const LLAMA_8B: Self = Self { n_q_heads: 32, n_kv_heads: 8, head_dim: 128 };
+
+    /// Query heads per KV head.
+    pub fn group(&self) -> usize {
+        self.n_q_heads / self.n_kv_heads.max(1)
+    }
+
+    /// The attention scale `1 / sqrt(d)`.
+    pub fn scale(&self) -> f32 {
+        1.0 / (self.head_dim as f32).sqrt()
+    }
+}
+
+/// What one `clusterkv bench` run measures.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BenchConfig {
+    /// The layer of the decode sweep and the prefill case.
+    pub shape: LayerShape,
+    /// Contexts of the decode sweep.
+    pub contexts: Vec<usize>,
+    /// Budgets of the decode sweep.
+    pub budgets: Vec<usize>,
+    /// Timed runs per decode case (the median is kept).
+    pub reps: usize,
+    /// Flush the cache before each timed decode step (the default); without it, each step
+    /// runs right after the previous one and small contexts read from the cache.
+    pub flush: bool,
+    /// k-means iterations of the index the decode sweep ranks (step time depends on the
+    /// number and sizes of clusters, not on how long they were refined).
+    pub index_iters: usize,
+    /// Prompt length of the prefill case.
+    pub prefill_context: usize,
+    /// Timed dense prefills.
+    pub prefill_reps: usize,
+    /// Timed clusterings.
+    pub cluster_reps: usize,
+    /// k-means iterations of the prefill clustering.
+    pub cluster_iters: usize,
+    /// Prompt tokens per cluster of the prefill clustering.
+    pub tokens_per_cluster: usize,
+    /// Prompt lengths of the end-to-end case (empty: skip it).
+    pub e2e_contexts: Vec<usize>,
+    /// Tokens decoded per end-to-end run.
+    pub e2e_tokens: usize,
+    /// ClusterKV's budget in the end-to-end case.
+    pub e2e_budget: usize,
+    /// Leading layers of the real model that stay dense.
+    pub dense_layers: usize,
+    /// Seed of the synthetic data and the clusterings.
+    pub seed: u64,
+}
+
+impl BenchConfig {
+    /// The protocol of DESIGN section 9: contexts 8k, 32k and 128k, budgets 512, 1024 and
+    /// 2048, prefill at 32k (400 clusters of 80 tokens, 20 iterations), the real model at 4k
+    /// and 8k.
+    pub fn full() -> Self {
+        Self {
+            shape: LayerShape::LLAMA_8B,
+            contexts: vec![8192, 32768, 131072],
+            budgets: vec![512, 1024, 2048],
+            reps: 15,
+            flush: true,
+            index_iters: 5,
+            prefill_context: 32768,
+            prefill_reps: 1,
+            cluster_reps: 3,
+            cluster_iters: 20,
+            tokens_per_cluster: 80,
+            e2e_contexts: vec![4096, 8192],
+            e2e_tokens: 32,
+            e2e_budget: 1024,
+            dense_layers: 2,
+            seed: 0,
+        }
+    }
+
+    /// A run of about a minute with the same cases at small sizes (CI).
+    pub fn quick() -> Self {
+        Self {
+            contexts: vec![2048, 8192],
+            budgets: vec![512, 1024],
+            reps: 5,
+            index_iters: 3,
+            prefill_context: 2048,
+            cluster_reps: 1,
+            e2e_contexts: vec![512],
+            e2e_tokens: 8,
+            e2e_budget: 256,
+            ..Self::full()
+        }
+    }
+
+    /// Checks every setting before any long work.
+    pub fn validate(&self) -> Result<(), SimError> {
+        let bad = |name: &'static str, value: String, expected: &'static str| {
+            Err(SimError::InvalidConfig { name, value, expected })
+        };
+        let s = &self.shape;
+        if s.head_dim == 0 || s.n_kv_heads == 0 || s.n_q_heads % s.n_kv_heads != 0 {
+            return bad("shape", format!("{s:?}"), "d >= 1 and Hq a multiple of Hkv >= 1");
+        }
+        let sink = ckv_select::SelectParams::default().validate()?.sink();
+        if let Some(&c) = self.contexts.iter().find(|&&c| c <= sink) {
+            return bad("context", c.to_string(), "larger than the sink (16)");
+        }
+        for &budget in &self.budgets {
+            ckv_select::SelectParams::default().budget(budget).validate()?;
+        }
+        if self.prefill_context <= sink + self.tokens_per_cluster {
+            return bad(
+                "prefill context",
+                self.prefill_context.to_string(),
+                "larger than the sink plus a cluster",
+            );
+        }
+        if self.reps == 0 || self.prefill_reps == 0 || self.cluster_reps == 0 || self.e2e_tokens == 0 {
+            return bad("repetitions", format!("{self:?}"), "at least 1 of each");
+        }
+        if self.tokens_per_cluster == 0 || self.index_iters == 0 {
+            return bad("clustering", format!("{self:?}"), "tokens per cluster and iterations >= 1");
+        }
+        ckv_select::SelectParams::default().budget(self.e2e_budget).validate()?;
+        Ok(())
+    }
+}
+
+/// One measured case.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BenchRecord {
+    /// `memory_copy`, `decode_step`, `prefill` or `e2e_decode`.
+    pub case: String,
+    /// The method (`dense`, `clusterkv/per-kv-head`, `quest/per-query-head`, ...).
+    pub method: String,
+    /// Context in tokens (0 for the copy).
+    pub context: usize,
+    /// Token budget, for sparse methods.
+    pub budget: Option<usize>,
+    /// Median seconds of one run (one step, one prefill, one token).
+    pub median_s: f64,
+    /// Dense's median over this one's, in the same case and context: the speed-up.
+    pub ratio_to_dense: Option<f64>,
+    /// Bytes read per second over the copy bandwidth (decode steps and the copy).
+    pub bandwidth_share: Option<f64>,
+}
+
+/// Everything one run measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BenchReport {
+    /// Copy bandwidth in bytes per second.
+    pub bandwidth: f64,
+    /// Bytes read to flush the cache before each timed decode step.
+    pub flush_bytes: usize,
+    /// Rayon threads.
+    pub threads: usize,
+    /// Whether the AVX2 + FMA + F16C row kernels ran.
+    pub simd: bool,
+    /// Every case.
+    pub records: Vec<BenchRecord>,
+}
+
+/// Runs the whole protocol; the end-to-end case when a model and a tokenized text are given.
+pub fn run_bench(config: &BenchConfig, model: Option<(&Model, &[u32])>) -> Result<BenchReport, SimError> {
+    config.validate()?;
+    let flusher = Flusher::new();
+    let bandwidth = copy_bandwidth(flusher.bytes(), 5);
+    info!(gb_per_s = bandwidth / 1e9, flush_mib = flusher.bytes() >> 20, "copy bandwidth");
+    let mut records = vec![BenchRecord {
+        case: "memory_copy".into(),
+        method: "copy".into(),
+        context: 0,
+        budget: None,
+        median_s: 2.0 * flusher.bytes() as f64 / bandwidth,
+        ratio_to_dense: None,
+        bandwidth_share: Some(1.0),
+    }];
+    records.extend(decode::decode_sweep(config, &flusher, bandwidth)?);
+    drop(flusher);
+    records.extend(prefill::prefill_case(config)?);
+    if let Some((model, tokens)) = model {
+        records.extend(e2e::e2e_decode(config, model, tokens)?);
+    }
+    Ok(BenchReport {
+        bandwidth,
+        flush_bytes: 2 * last_level_cache_bytes(),
+        threads: rayon::current_num_threads(),
+        simd: ckv_cluster::simd_enabled(),
+        records,
+    })
+}
+
+/// The report as Markdown tables: one per case.
+pub fn bench_tables(report: &BenchReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "memory copy: {:.1} GB/s (read + write), {} threads, SIMD row kernels: {}\n",
+        report.bandwidth / 1e9,
+        report.threads,
+        if report.simd { "AVX2+FMA+F16C" } else { "portable" }
+    );
+    let optional = |x: Option<f64>, digits: usize| x.map_or("-".to_owned(), |x| format!("{x:.digits$}"));
+    for (case, title, unit) in [
+        ("decode_step", "Decode step, one layer (Hq 32, Hkv 8, d 128, f16), batch 1", "ms"),
+        ("prefill", "Prefill: dense causal attention and clustering", "s"),
+        ("e2e_decode", "End-to-end decode, real model, batch 1", "ms/token"),
+    ] {
+        let rows: Vec<&BenchRecord> = report.records.iter().filter(|r| r.case == case).collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "{title}\n");
+        let _ = writeln!(out, "| method | context | budget | median {unit} | x dense | bandwidth share |");
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
+        for r in rows {
+            let time = if unit == "s" { r.median_s } else { r.median_s * 1e3 };
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {:.3} | {} | {} |",
+                r.method,
+                r.context,
+                r.budget.map_or("-".to_owned(), |b| b.to_string()),
+                time,
+                optional(r.ratio_to_dense, 2),
+                optional(r.bandwidth_share, 2),
+            );
+        }
+        out.push('\n');
+    }
+    out
+}

@@ -1,0 +1,86 @@
+//! `clusterkv bench` end to end at small sizes: every case and method has its record with
+//! the fields of the JSON format, and bad settings are refused before any work. Timings
+//! are only checked to be positive and finite: speed is shown by the bench, not by tests.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn assets() -> Option<(PathBuf, PathBuf)> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets");
+    let (model, text) = (dir.join("SmolLM2-135M-Instruct.Q4_1.gguf"), dir.join("moby-dick.txt"));
+    (model.exists() && text.exists()).then_some((model, text))
+}
+
+#[test]
+fn quick_bench_writes_every_case() {
+    let json = std::env::temp_dir().join(format!("ckv-bench-{}.json", std::process::id()));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_clusterkv"));
+    cmd.args(["bench", "--quick", "--contexts", "600,1500", "--budgets", "512", "--reps", "2"])
+        .args(["--prefill-context", "400", "--e2e-contexts", "96", "--e2e-tokens", "3"])
+        .arg("--json")
+        .arg(&json);
+    let with_model = match assets() {
+        Some((model, text)) => {
+            cmd.arg("--model").arg(model).arg("--text").arg(text);
+            true
+        }
+        None => {
+            eprintln!("no default model or text (run `cargo xtask fetch`): bench without the end-to-end case");
+            cmd.arg("--no-model");
+            false
+        }
+    };
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let records: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&json);
+    for r in &records {
+        for field in ["case", "method", "context", "budget", "median_s", "ratio_to_dense", "bandwidth_share"] {
+            assert!(r.get(field).is_some(), "{field} missing in {r}");
+        }
+        let median = r["median_s"].as_f64().unwrap();
+        assert!(median.is_finite() && median > 0.0, "{r}");
+    }
+    let count = |case: &str| records.iter().filter(|r| r["case"] == case).count();
+    assert_eq!(count("memory_copy"), 1);
+    // Per context: dense, then ClusterKV and Quest under both GQA policies.
+    assert_eq!(count("decode_step"), 2 * 5, "{records:#?}");
+    assert_eq!(count("prefill"), 2);
+    assert_eq!(count("e2e_decode"), if with_model { 2 } else { 0 });
+    for method in ["clusterkv/per-query-head", "clusterkv/per-kv-head", "quest/per-query-head", "quest/per-kv-head"] {
+        let r = records.iter().find(|r| r["method"] == method && r["context"] == 1500).unwrap();
+        assert_eq!(r["budget"], 512);
+        assert!(r["ratio_to_dense"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["bandwidth_share"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    for dense in records.iter().filter(|r| r["method"] == "dense") {
+        assert_eq!(dense["ratio_to_dense"].as_f64(), Some(1.0), "{dense}");
+    }
+    let clustering = records.iter().find(|r| r["case"] == "prefill" && r["method"] != "dense_attention").unwrap();
+    // (400 - 16) / 80 rounded up, for 8 KV heads.
+    assert_eq!(clustering["method"], "clustering/5x8");
+    let table = String::from_utf8(out.stdout).unwrap();
+    for heading in ["memory copy:", "Decode step", "Prefill", "| clusterkv/per-kv-head | 1500 | 512 |"] {
+        assert!(table.contains(heading), "{heading} missing in {table}");
+    }
+}
+
+#[test]
+fn bad_settings_are_refused_by_name() {
+    for (args, named) in [
+        (&["--contexts", "10"][..], "context"),
+        (&["--budgets", "8"][..], "budget"),
+        (&["--reps", "0"][..], "repetitions"),
+        (&["--prefill-context", "50"][..], "prefill context"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_clusterkv"))
+            .args(["bench", "--quick", "--no-model"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(named), "{args:?}: {err}");
+    }
+}
