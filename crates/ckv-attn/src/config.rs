@@ -50,7 +50,7 @@ impl PipelineConfig {
         if self.n_kv_heads == 0 {
             return Err(bad("n_kv_heads", "0".into(), "at least 1".into()));
         }
-        if self.n_q_heads == 0 || self.n_q_heads % self.n_kv_heads != 0 {
+        if self.n_q_heads == 0 || !self.n_q_heads.is_multiple_of(self.n_kv_heads) {
             return Err(bad(
                 "n_q_heads",
                 self.n_q_heads.to_string(),

@@ -19,6 +19,8 @@
 //! assert_eq!(v[3].to_f32(), 6.0);
 //! ```
 
+mod huge_pages;
+
 use ckv_cluster::{Element, ValueError, check_values};
 
 /// Errors of the KV store.
@@ -54,12 +56,16 @@ impl<E: Element> HeadKv<E> {
         Self::with_capacity(d, 0)
     }
 
-    /// An empty store with room for `tokens` rows before it reallocates.
+    /// An empty store with room for `tokens` rows before it reallocates. On Linux, large
+    /// stores ask for transparent huge pages (sparse steps read rows all over the store).
     pub fn with_capacity(d: usize, tokens: usize) -> Result<Self, CacheError> {
         if d == 0 {
             return Err(CacheError::ZeroDim);
         }
-        Ok(Self { d, keys: Vec::with_capacity(tokens * d), values: Vec::with_capacity(tokens * d) })
+        let store = Self { d, keys: Vec::with_capacity(tokens * d), values: Vec::with_capacity(tokens * d) };
+        huge_pages::advise(&store.keys);
+        huge_pages::advise(&store.values);
+        Ok(store)
     }
 
     /// Head dimension.
@@ -105,9 +111,13 @@ impl<E: Element> HeadKv<E> {
     }
 
     fn push(&mut self, keys: &[f32], values: &[f32]) {
-        let start = self.keys.len();
+        let (start, capacity) = (self.keys.len(), self.keys.capacity());
         self.keys.resize(start + keys.len(), E::default());
         self.values.resize(start + values.len(), E::default());
+        if self.keys.capacity() != capacity {
+            huge_pages::advise(&self.keys);
+            huge_pages::advise(&self.values);
+        }
         E::from_f32_slice(keys, &mut self.keys[start..]);
         E::from_f32_slice(values, &mut self.values[start..]);
     }

@@ -8,7 +8,10 @@
 /// # Panics
 /// If `k == 0` or a length is not a multiple of `k`, or `out.len() != m * n`.
 pub fn matmul_nt(a: &[f32], b: &[f32], k: usize, out: &mut [f32]) {
-    assert!(k > 0 && a.len() % k == 0 && b.len() % k == 0, "inner dimension {k} must divide both inputs");
+    assert!(
+        k > 0 && a.len().is_multiple_of(k) && b.len().is_multiple_of(k),
+        "inner dimension {k} must divide both inputs"
+    );
     let n = b.len() / k;
     // Bᵀ read from n x k row-major b: row stride 1, column stride k.
     sgemm(a, k, b, (1, k), n, out);
@@ -21,9 +24,12 @@ pub fn matmul_nt(a: &[f32], b: &[f32], k: usize, out: &mut [f32]) {
 /// If `n == 0` or a length is not a multiple of `n`, `a.len()` is not a multiple of `k`, or
 /// `out.len() != m * n`.
 pub fn matmul_nn(a: &[f32], b: &[f32], n: usize, out: &mut [f32]) {
-    assert!(n > 0 && b.len() % n == 0 && out.len() % n == 0, "width {n} must divide b and out");
+    assert!(
+        n > 0 && b.len().is_multiple_of(n) && out.len().is_multiple_of(n),
+        "width {n} must divide b and out"
+    );
     let k = b.len() / n;
-    assert!(k > 0 && a.len() % k == 0, "inner dimension {k} must divide a");
+    assert!(k > 0 && a.len().is_multiple_of(k), "inner dimension {k} must divide a");
     // B is k x n row-major: row stride n, column stride 1.
     sgemm(a, k, b, (n, 1), n, out);
 }

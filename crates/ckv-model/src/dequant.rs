@@ -65,7 +65,7 @@ fn half_at(bytes: &[u8], at: usize) -> f32 {
 /// `out.len()` elements in whole blocks.
 pub fn dequantize(dtype: GgmlType, bytes: &[u8], out: &mut [f32]) -> bool {
     let Some((per_block, block_bytes)) = dtype.block() else { return false };
-    if out.len() % per_block != 0 || bytes.len() != out.len() / per_block * block_bytes {
+    if !out.len().is_multiple_of(per_block) || bytes.len() != out.len() / per_block * block_bytes {
         return false;
     }
     let blocks = bytes.chunks_exact(block_bytes).zip(out.chunks_exact_mut(per_block));

@@ -2,6 +2,7 @@
 //! lower id) and one way to fill a count from ranked units.
 
 use std::cmp::Ordering;
+use std::ops::Range;
 
 /// The ranking order: higher score first, ties to the lower id.
 fn better(a: (f32, u32), b: (f32, u32)) -> Ordering {
@@ -69,6 +70,26 @@ where
     touched
 }
 
+/// Sorts `out[start..]`, distinct ids inside `region`, through a bitmap of the region
+/// (`bits` is its scratch): linear in the ids plus the region's length / 64, where a
+/// comparison sort of a thousand ids costs tens of microseconds.
+pub fn sort_ids(out: &mut Vec<u32>, start: usize, region: Range<u32>, bits: &mut Vec<u64>) {
+    bits.clear();
+    bits.resize(region.len().div_ceil(64), 0);
+    for &id in &out[start..] {
+        let i = (id - region.start) as usize;
+        bits[i / 64] |= 1 << (i % 64);
+    }
+    out.truncate(start);
+    for (w, &word) in bits.iter().enumerate() {
+        let mut word = word;
+        while word != 0 {
+            out.push(region.start + (w * 64) as u32 + word.trailing_zeros());
+            word &= word - 1;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,6 +122,28 @@ mod tests {
             if count > 0 && order.len() < full.len() {
                 proptest::prop_assert!(covered >= count);
             }
+        }
+    }
+
+    proptest::proptest! {
+        /// The bitmap sort is a sort, at any offset of the region and of the list.
+        #[test]
+        fn bitmap_sort_sorts(
+            region_start in 0u32..300,
+            len in 1u32..500,
+            picks in proptest::collection::btree_set(0u32..500, 0..200),
+            prefix in proptest::collection::vec(0u32..9, 0..4),
+        ) {
+            let ids: Vec<u32> = picks.iter().filter(|&&p| p < len).map(|p| region_start + p).collect();
+            let mut shuffled = ids.clone();
+            shuffled.reverse();
+            shuffled.rotate_left(ids.len() / 3);
+            let mut out = prefix.clone();
+            out.extend(&shuffled);
+            let mut bits = Vec::new();
+            sort_ids(&mut out, prefix.len(), region_start..region_start + len, &mut bits);
+            proptest::prop_assert_eq!(&out[..prefix.len()], &prefix[..]);
+            proptest::prop_assert_eq!(&out[prefix.len()..], &ids[..]);
         }
     }
 

@@ -103,6 +103,7 @@ pub fn select_step<E: Element>(
     } else {
         let start = out.len();
         selector.choose(step, count, out);
+        // Linear when the method already sorted them (ClusterKV and Quest do).
         out[start..].sort_unstable();
         debug_assert_eq!(out.len() - start, count, "{} chose a wrong count", selector.method());
     }

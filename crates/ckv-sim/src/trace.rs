@@ -77,11 +77,16 @@ impl Trace {
                 Err(SimError::InvalidConfig { name, value: value.to_string(), expected })
             }
         };
-        check("head_dim", c.head_dim >= 2 && c.head_dim % 2 == 0, "an even number >= 2", c.head_dim)?;
+        check(
+            "head_dim",
+            c.head_dim >= 2 && c.head_dim.is_multiple_of(2),
+            "an even number >= 2",
+            c.head_dim,
+        )?;
         check("n_kv_heads", c.n_kv_heads >= 1, "at least 1", c.n_kv_heads)?;
         check(
             "n_q_heads",
-            c.n_q_heads >= 1 && c.n_q_heads % c.n_kv_heads.max(1) == 0,
+            c.n_q_heads >= 1 && c.n_q_heads.is_multiple_of(c.n_kv_heads.max(1)),
             "a positive multiple of n_kv_heads",
             c.n_q_heads,
         )?;

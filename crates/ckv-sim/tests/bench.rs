@@ -16,7 +16,7 @@ fn quick_bench_writes_every_case() {
     let json = std::env::temp_dir().join(format!("ckv-bench-{}.json", std::process::id()));
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_clusterkv"));
     cmd.args(["bench", "--quick", "--contexts", "600,1500", "--budgets", "512", "--reps", "2"])
-        .args(["--prefill-context", "400", "--e2e-contexts", "96", "--e2e-tokens", "3"])
+        .args(["--prefill-context", "400", "--e2e-contexts", "99", "--e2e-tokens", "3"])
         .arg("--json")
         .arg(&json);
     let with_model = match assets() {
@@ -25,7 +25,9 @@ fn quick_bench_writes_every_case() {
             true
         }
         None => {
-            eprintln!("no default model or text (run `cargo xtask fetch`): bench without the end-to-end case");
+            eprintln!(
+                "no default model or text (run `cargo xtask fetch`): bench without the end-to-end case"
+            );
             cmd.arg("--no-model");
             false
         }
@@ -36,7 +38,8 @@ fn quick_bench_writes_every_case() {
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let _ = std::fs::remove_file(&json);
     for r in &records {
-        for field in ["case", "method", "context", "budget", "median_s", "ratio_to_dense", "bandwidth_share"] {
+        for field in ["case", "method", "context", "budget", "median_s", "ratio_to_dense", "bandwidth_share"]
+        {
             assert!(r.get(field).is_some(), "{field} missing in {r}");
         }
         let median = r["median_s"].as_f64().unwrap();
@@ -44,11 +47,14 @@ fn quick_bench_writes_every_case() {
     }
     let count = |case: &str| records.iter().filter(|r| r["case"] == case).count();
     assert_eq!(count("memory_copy"), 1);
+    assert_eq!(count("memory_read"), 1);
     // Per context: dense, then ClusterKV and Quest under both GQA policies.
     assert_eq!(count("decode_step"), 2 * 5, "{records:#?}");
     assert_eq!(count("prefill"), 2);
     assert_eq!(count("e2e_decode"), if with_model { 2 } else { 0 });
-    for method in ["clusterkv/per-query-head", "clusterkv/per-kv-head", "quest/per-query-head", "quest/per-kv-head"] {
+    for method in
+        ["clusterkv/per-query-head", "clusterkv/per-kv-head", "quest/per-query-head", "quest/per-kv-head"]
+    {
         let r = records.iter().find(|r| r["method"] == method && r["context"] == 1500).unwrap();
         assert_eq!(r["budget"], 512);
         assert!(r["ratio_to_dense"].as_f64().unwrap() > 0.0, "{r}");
@@ -57,7 +63,8 @@ fn quick_bench_writes_every_case() {
     for dense in records.iter().filter(|r| r["method"] == "dense") {
         assert_eq!(dense["ratio_to_dense"].as_f64(), Some(1.0), "{dense}");
     }
-    let clustering = records.iter().find(|r| r["case"] == "prefill" && r["method"] != "dense_attention").unwrap();
+    let clustering =
+        records.iter().find(|r| r["case"] == "prefill" && r["method"] != "dense_attention").unwrap();
     // (400 - 16) / 80 rounded up, for 8 KV heads.
     assert_eq!(clustering["method"], "clustering/5x8");
     let table = String::from_utf8(out.stdout).unwrap();
@@ -83,4 +90,27 @@ fn bad_settings_are_refused_by_name() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(named), "{args:?}: {err}");
     }
+}
+
+#[test]
+fn an_end_to_end_context_beyond_the_model_is_refused_first() {
+    let Some((model, text)) = assets() else {
+        eprintln!("skipped: no default model or text (run `cargo xtask fetch`)");
+        return;
+    };
+    let started = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_clusterkv"))
+        .args(["bench", "--quick", "--e2e-contexts", "9000"])
+        .arg("--model")
+        .arg(model)
+        .arg("--text")
+        .arg(text)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("invalid e2e context = 9000"), "{err}");
+    // Refused before the sweep, not after minutes of work.
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("Decode step"), "{err}");
+    eprintln!("refused after {:.1} s", started.elapsed().as_secs_f64());
 }

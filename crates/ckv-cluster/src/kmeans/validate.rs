@@ -12,7 +12,7 @@ pub(crate) fn check_rows<E: Element>(rows: &[E], d: usize, n_clusters: usize) ->
     if d == 0 {
         return Err(ClusterError::ZeroDim);
     }
-    if rows.len() % d != 0 {
+    if !rows.len().is_multiple_of(d) {
         return Err(ClusterError::ShapeMismatch { len: rows.len(), d });
     }
     let n = rows.len() / d;

@@ -70,14 +70,14 @@ fn score_tile<L: Lanes, const R: usize, const Q: usize>(
     let lanes = d / 8 * 8;
     let mut acc = [[_mm256_setzero_ps(); Q]; R];
     for o in (0..lanes).step_by(8) {
-        for r in 0..R {
-            debug_assert_eq!(rows[r].len(), d);
-            // SAFETY: o + 8 <= d = rows[r].len(); AVX2 + F16C are enabled here.
-            let k = unsafe { L::load8(rows[r].as_ptr().add(o)) };
-            for j in 0..Q {
+        for (row, acc) in rows.iter().zip(acc.iter_mut()) {
+            debug_assert_eq!(row.len(), d);
+            // SAFETY: o + 8 <= d = row.len(); AVX2 + F16C are enabled here.
+            let k = unsafe { L::load8(row.as_ptr().add(o)) };
+            for (j, a) in acc.iter_mut().enumerate() {
                 // SAFETY: j * d + o + 8 <= Q * d = q.len().
                 let qv = unsafe { _mm256_loadu_ps(q.as_ptr().add(j * d + o)) };
-                acc[r][j] = _mm256_fmadd_ps(qv, k, acc[r][j]);
+                *a = _mm256_fmadd_ps(qv, k, *a);
             }
         }
     }
@@ -102,7 +102,12 @@ fn weigh_tile<L: Lanes, const R: usize, const Q: usize>(
 ) {
     let out = &mut out[..Q * d];
     let lanes = d / 8 * 8;
-    let wv = w.map(|wr| wr.map(|x| _mm256_set1_ps(x)));
+    let mut wv = [[_mm256_setzero_ps(); Q]; R];
+    for (wv, w) in wv.iter_mut().zip(&w) {
+        for (v, &x) in wv.iter_mut().zip(w) {
+            *v = _mm256_set1_ps(x);
+        }
+    }
     for o in (0..lanes).step_by(8) {
         let mut acc = [_mm256_setzero_ps(); Q];
         for (j, a) in acc.iter_mut().enumerate() {
@@ -173,26 +178,37 @@ fn weigh_rows_of<L: Lanes, const R: usize>(
     let g = out.len() / d;
     let n = weights.len() / g;
     for j0 in (0..g).step_by(4) {
-        let w = |j: usize| std::array::from_fn(|r| weights[(j0 + j) * n + i + r]);
         let o = &mut out[j0 * d..];
         match g - j0 {
-            1 => weigh_tile::<L, R, 1>(transpose([w(0)]), d, rows, o),
-            2 => weigh_tile::<L, R, 2>(transpose([w(0), w(1)]), d, rows, o),
-            3 => weigh_tile::<L, R, 3>(transpose([w(0), w(1), w(2)]), d, rows, o),
-            _ => weigh_tile::<L, R, 4>(transpose([w(0), w(1), w(2), w(3)]), d, rows, o),
+            1 => weigh_tile::<L, R, 1>(tile_weights(weights, n, i, j0), d, rows, o),
+            2 => weigh_tile::<L, R, 2>(tile_weights(weights, n, i, j0), d, rows, o),
+            3 => weigh_tile::<L, R, 3>(tile_weights(weights, n, i, j0), d, rows, o),
+            _ => weigh_tile::<L, R, 4>(tile_weights(weights, n, i, j0), d, rows, o),
         }
     }
 }
 
-/// `[Q][R]` to `[R][Q]`.
+/// The weights of rows `i..i + R` for output rows `j0..j0 + Q` (`weights` is `[g, n]`).
 #[inline(always)]
-fn transpose<const R: usize, const Q: usize>(w: [[f32; R]; Q]) -> [[f32; Q]; R] {
-    std::array::from_fn(|r| std::array::from_fn(|j| w[j][r]))
+fn tile_weights<const R: usize, const Q: usize>(
+    weights: &[f32],
+    n: usize,
+    i: usize,
+    j0: usize,
+) -> [[f32; Q]; R] {
+    let mut w = [[0.0; Q]; R];
+    for (r, wr) in w.iter_mut().enumerate() {
+        for (j, x) in wr.iter_mut().enumerate() {
+            *x = weights[(j0 + j) * n + i + r];
+        }
+    }
+    w
 }
 
-/// Rows fetched ahead of the one being computed: random rows (a selection) come from
-/// memory with several misses in flight instead of one at a time.
-const AHEAD: usize = 8;
+/// Rows fetched ahead of the one being computed, into the L2 cache (whose queue holds more
+/// misses than the L1's): random rows (a selection) come from memory with many misses in
+/// flight instead of a few.
+const AHEAD: usize = 16;
 
 /// Asks the cache for the row `id` of `rows` (every 64-byte line of it).
 #[inline]
@@ -201,7 +217,7 @@ fn prefetch_row<L>(rows: &[L], d: usize, id: usize) {
     let row = &rows[id * d..(id + 1) * d];
     for offset in (0..std::mem::size_of_val(row)).step_by(64) {
         // SAFETY: offset is inside the row; a prefetch never faults nor changes memory.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().cast::<i8>().add(offset)) };
+        unsafe { _mm_prefetch::<_MM_HINT_T1>(row.as_ptr().cast::<i8>().add(offset)) };
     }
 }
 
@@ -266,7 +282,7 @@ fn exp8(x: __m256) -> __m256 {
     let r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693_359_4), x);
     let r = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.121_944_4e-4), r);
     let mut p = _mm256_set1_ps(1.987_569_1e-4);
-    for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.000_000_1e-1] {
+    for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5e-1] {
         p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
     }
     let e_r = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0));

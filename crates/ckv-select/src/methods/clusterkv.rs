@@ -5,7 +5,7 @@ use std::ops::Range;
 use ckv_cluster::{ClusterParams, Element, kmeans, score_rows};
 use ckv_index::ClusterIndex;
 
-use crate::rank::{rank_covering, take_units};
+use crate::rank::{rank_covering, sort_ids, take_units};
 use crate::selector::sum_queries;
 use crate::{Growth, Method, SelectError, Selector, StepCtx, ValidSelectParams, derive_seed};
 
@@ -24,6 +24,7 @@ pub struct ClusterKvSelector {
     query: Vec<f32>,
     scores: Vec<f32>,
     order: Vec<u32>,
+    bits: Vec<u64>,
 }
 
 impl ClusterKvSelector {
@@ -39,6 +40,7 @@ impl ClusterKvSelector {
             query: Vec::new(),
             scores: Vec::new(),
             order: Vec::new(),
+            bits: Vec::new(),
         }
     }
 }
@@ -78,7 +80,9 @@ impl<E: Element> Selector<E> for ClusterKvSelector {
         self.scores.resize(index.n_clusters(), 0.0);
         score_rows(&self.query, step.d, index.centroids(), 0..index.n_clusters(), 1.0, &mut self.scores);
         rank_covering(&self.scores, count, |c| index.members_of(c as usize).len(), &mut self.order);
+        let start = out.len();
         take_units(&self.order, count, |c| index.members_of(c as usize).iter().copied(), out);
+        sort_ids(out, start, step.regions.clustered(), &mut self.bits);
     }
 
     fn index(&self) -> Option<&ClusterIndex> {

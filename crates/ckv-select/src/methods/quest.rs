@@ -4,7 +4,7 @@ use std::ops::Range;
 
 use ckv_cluster::Element;
 
-use crate::rank::{rank_covering, take_units};
+use crate::rank::{rank_covering, sort_ids, take_units};
 use crate::{Growth, Method, SelectError, Selector, StepCtx};
 
 /// Splits the clustered region `[s, c)` into pages of `page_size` tokens, keeps the
@@ -23,6 +23,7 @@ pub struct QuestSelector {
     maxs: Vec<f32>,
     scores: Vec<f32>,
     order: Vec<u32>,
+    bits: Vec<u64>,
 }
 
 impl QuestSelector {
@@ -37,6 +38,7 @@ impl QuestSelector {
             maxs: Vec::new(),
             scores: Vec::new(),
             order: Vec::new(),
+            bits: Vec::new(),
         }
     }
 
@@ -89,7 +91,9 @@ impl<E: Element> Selector<E> for QuestSelector {
         }
         let (size, end) = (self.page_size as u32, self.end);
         rank_covering(&self.scores, count, |p| page(start, size, end, p).len(), &mut self.order);
+        let first = out.len();
         take_units(&self.order, count, |p| self.page(start, p), out);
+        sort_ids(out, first, step.regions.clustered(), &mut self.bits);
     }
 }
 

@@ -11,26 +11,36 @@ use super::memory::median;
 use super::{BenchConfig, BenchRecord};
 use crate::SimError;
 
-/// Decode `config.e2e_tokens` tokens after a prompt of each of `config.e2e_contexts` tokens
-/// of `tokens`, densely and with ClusterKV (budget `config.e2e_budget`); the median seconds
-/// per token (model forward and logits) of each.
+/// Checks that every end-to-end context fits the model and the text, and holds more
+/// than the decoded tokens.
+pub fn check_e2e(config: &BenchConfig, model: &Model, tokens: &[u32]) -> Result<(), SimError> {
+    let limit = model.config().context.min(tokens.len());
+    match config.e2e_contexts.iter().find(|&&c| c <= config.e2e_tokens || c > limit) {
+        Some(&context) => Err(SimError::InvalidConfig {
+            name: "e2e context",
+            value: context.to_string(),
+            expected: "more than the decoded tokens and at most the model's context and the text's length",
+        }),
+        None => Ok(()),
+    }
+}
+
+/// For each of `config.e2e_contexts`: a prompt of `context - config.e2e_tokens` tokens of
+/// `tokens`, then `config.e2e_tokens` greedy tokens decoded densely and with ClusterKV
+/// (budget `config.e2e_budget`), so that the last step sees `context` tokens; the median
+/// seconds per token (model forward and logits) of each.
 pub fn e2e_decode(config: &BenchConfig, model: &Model, tokens: &[u32]) -> Result<Vec<BenchRecord>, SimError> {
+    check_e2e(config, model, tokens)?;
     let mut records = Vec::new();
     for &context in &config.e2e_contexts {
-        if context == 0 || context > tokens.len() || context + config.e2e_tokens > model.config().context {
-            return Err(SimError::InvalidConfig {
-                name: "e2e context",
-                value: context.to_string(),
-                expected: "at least 1, within the text and, with the decoded tokens, the model's context",
-            });
-        }
-        let max_context = context + config.e2e_tokens + 1;
+        let prompt = context - config.e2e_tokens;
+        let max_context = context;
         let dense = SelectParams::new(Method::Dense).max_context(max_context);
         let clusterkv =
             SelectParams::new(Method::ClusterKv).budget(config.e2e_budget).max_context(max_context);
         let started = Instant::now();
-        let (snapshot, hidden) = model.runner(&dense, config.dense_layers)?.snapshot(&tokens[..context])?;
-        info!(context, seconds = started.elapsed().as_secs_f64(), "e2e: dense prefill");
+        let (snapshot, hidden) = model.runner(&dense, config.dense_layers)?.snapshot(&tokens[..prompt])?;
+        info!(prompt, seconds = started.elapsed().as_secs_f64(), "e2e: dense prefill");
         let last = &hidden[hidden.len() - model.config().hidden..];
         let first = argmax(&model.logits(last));
         let mut dense_s = f64::NAN;

@@ -37,8 +37,8 @@ pub struct Flusher {
 }
 
 impl Flusher {
-    /// A flush buffer for this machine.
-    pub fn new() -> Self {
+    /// A flush buffer sized for this machine's cache.
+    pub fn for_this_machine() -> Self {
         let bytes = (2 * last_level_cache_bytes()).max(256 << 20);
         Self { buffer: (0..bytes / 8).map(|i| i as u64).collect() }
     }

@@ -78,7 +78,7 @@ pub struct BenchConfig {
     pub cluster_iters: usize,
     /// Prompt tokens per cluster of the prefill clustering.
     pub tokens_per_cluster: usize,
-    /// Prompt lengths of the end-to-end case (empty: skip it).
+    /// Contexts of the end-to-end case: prompt plus decoded tokens (empty: skip it).
     pub e2e_contexts: Vec<usize>,
     /// Tokens decoded per end-to-end run.
     pub e2e_tokens: usize,
@@ -124,7 +124,7 @@ impl BenchConfig {
             index_iters: 3,
             prefill_context: 2048,
             cluster_reps: 1,
-            e2e_contexts: vec![512],
+            e2e_contexts: vec![520],
             e2e_tokens: 8,
             e2e_budget: 256,
             ..Self::full()
@@ -137,7 +137,7 @@ impl BenchConfig {
             Err(SimError::InvalidConfig { name, value, expected })
         };
         let s = &self.shape;
-        if s.head_dim == 0 || s.n_kv_heads == 0 || s.n_q_heads % s.n_kv_heads != 0 {
+        if s.head_dim == 0 || s.n_kv_heads == 0 || !s.n_q_heads.is_multiple_of(s.n_kv_heads) {
             return bad("shape", format!("{s:?}"), "d >= 1 and Hq a multiple of Hkv >= 1");
         }
         let sink = ckv_select::SelectParams::default().validate()?.sink();
@@ -168,7 +168,7 @@ impl BenchConfig {
 /// One measured case.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BenchRecord {
-    /// `memory_copy`, `decode_step`, `prefill` or `e2e_decode`.
+    /// `memory_copy`, `memory_read`, `decode_step`, `prefill` or `e2e_decode`.
     pub case: String,
     /// The method (`dense`, `clusterkv/per-kv-head`, `quest/per-query-head`, ...).
     pub method: String,
@@ -187,8 +187,12 @@ pub struct BenchRecord {
 /// Everything one run measured.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BenchReport {
-    /// Copy bandwidth in bytes per second.
+    /// Copy bandwidth in bytes per second (read plus written): the reference of every
+    /// bandwidth share.
     pub bandwidth: f64,
+    /// Bandwidth of a parallel read of the flush buffer, bytes per second: what a read-only
+    /// kernel such as decode attention can reach at best.
+    pub read_bandwidth: f64,
     /// Bytes read to flush the cache before each timed decode step.
     pub flush_bytes: usize,
     /// Rayon threads.
@@ -202,18 +206,38 @@ pub struct BenchReport {
 /// Runs the whole protocol; the end-to-end case when a model and a tokenized text are given.
 pub fn run_bench(config: &BenchConfig, model: Option<(&Model, &[u32])>) -> Result<BenchReport, SimError> {
     config.validate()?;
-    let flusher = Flusher::new();
+    if let Some((model, tokens)) = model {
+        e2e::check_e2e(config, model, tokens)?;
+    }
+    let flusher = Flusher::for_this_machine();
     let bandwidth = copy_bandwidth(flusher.bytes(), 5);
-    info!(gb_per_s = bandwidth / 1e9, flush_mib = flusher.bytes() >> 20, "copy bandwidth");
-    let mut records = vec![BenchRecord {
-        case: "memory_copy".into(),
-        method: "copy".into(),
+    let read_s = memory::median_time(
+        5,
+        || {},
+        || {
+            std::hint::black_box(flusher.flush());
+        },
+    );
+    let read_bandwidth = flusher.bytes() as f64 / read_s;
+    info!(
+        copy_gb_per_s = bandwidth / 1e9,
+        read_gb_per_s = read_bandwidth / 1e9,
+        flush_mib = flusher.bytes() >> 20,
+        "memory bandwidth"
+    );
+    let memory = |case: &str, median_s: f64, share: f64| BenchRecord {
+        case: case.into(),
+        method: case.trim_start_matches("memory_").into(),
         context: 0,
         budget: None,
-        median_s: 2.0 * flusher.bytes() as f64 / bandwidth,
+        median_s,
         ratio_to_dense: None,
-        bandwidth_share: Some(1.0),
-    }];
+        bandwidth_share: Some(share),
+    };
+    let mut records = vec![
+        memory("memory_copy", 2.0 * flusher.bytes() as f64 / bandwidth, 1.0),
+        memory("memory_read", read_s, read_bandwidth / bandwidth),
+    ];
     records.extend(decode::decode_sweep(config, &flusher, bandwidth)?);
     drop(flusher);
     records.extend(prefill::prefill_case(config)?);
@@ -222,6 +246,7 @@ pub fn run_bench(config: &BenchConfig, model: Option<(&Model, &[u32])>) -> Resul
     }
     Ok(BenchReport {
         bandwidth,
+        read_bandwidth,
         flush_bytes: 2 * last_level_cache_bytes(),
         threads: rayon::current_num_threads(),
         simd: ckv_cluster::simd_enabled(),
@@ -234,8 +259,11 @@ pub fn bench_tables(report: &BenchReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "memory copy: {:.1} GB/s (read + write), {} threads, SIMD row kernels: {}\n",
+        "memory copy: {:.1} GB/s (read + write); plain read: {:.1} GB/s ({:.2} of the copy); {} threads; \
+         SIMD row kernels: {}\n",
         report.bandwidth / 1e9,
+        report.read_bandwidth / 1e9,
+        report.read_bandwidth / report.bandwidth,
         report.threads,
         if report.simd { "AVX2+FMA+F16C" } else { "portable" }
     );

@@ -61,7 +61,7 @@ struct BenchArgs {
     #[arg(long, default_value = DEFAULT_TEXT)]
     text: PathBuf,
     /// Quick mode (about a minute): contexts 2048 and 8192, budgets 512 and 1024, prefill at
-    /// 2048, the real model at 512. Without it: contexts 8k, 32k and 128k, budgets 512 to
+    /// 2048, the real model at 520. Without it: contexts 8k, 32k and 128k, budgets 512 to
     /// 2048, prefill at 32k, the real model at 4k and 8k.
     #[arg(long)]
     quick: bool,
@@ -80,7 +80,8 @@ struct BenchArgs {
     /// Prompt length of the prefill case (default: by mode).
     #[arg(long)]
     prefill_context: Option<usize>,
-    /// Prompt lengths of the end-to-end case, comma separated (default: by mode).
+    /// Contexts of the end-to-end case (prompt plus decoded tokens), comma separated
+    /// (default: by mode).
     #[arg(long, value_delimiter = ',')]
     e2e_contexts: Vec<usize>,
     /// Tokens decoded per end-to-end run (default: by mode).
