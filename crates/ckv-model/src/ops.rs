@@ -1,6 +1,6 @@
 //! The model's numeric building blocks on `f32` rows.
 
-use ckv_cluster::matmul_nt;
+use ckv_cluster::{matmul_nt, score_rows};
 use rayon::prelude::*;
 
 /// Output columns per parallel task of a small-batch product.
@@ -10,6 +10,10 @@ const ROWS_PER_TASK: usize = 128;
 /// Up to this many rows (a decode batch), the weights are split by output columns, so that
 /// each weight is read once per product.
 const SMALL_BATCH: usize = 64;
+/// Up to this many rows (a decode step of a few sequences), each weight row meets every
+/// input row through the decode attention's row kernel: no packing of the weights, which
+/// costs more than the product at this size.
+const GEMV_ROWS: usize = 8;
 
 /// `y[n, out] = x[n, inp] · w[out, inp]ᵀ`, parallel over output columns for a small batch
 /// of rows and over row blocks for many.
@@ -22,8 +26,13 @@ pub(crate) fn linear(x: &[f32], w: &[f32], inp: usize, y: &mut [f32]) {
         let blocks: Vec<Vec<f32>> = w
             .par_chunks(COLS_PER_TASK * inp)
             .map(|w| {
-                let mut block = vec![0.0f32; n * (w.len() / inp)];
-                matmul_nt(x, w, inp, &mut block);
+                let cols = w.len() / inp;
+                let mut block = vec![0.0f32; n * cols];
+                if n <= GEMV_ROWS {
+                    score_rows(x, inp, w, 0..cols, 1.0, &mut block);
+                } else {
+                    matmul_nt(x, w, inp, &mut block);
+                }
                 block
             })
             .collect();
@@ -110,7 +119,7 @@ mod tests {
     fn linear_matches_naive_for_one_and_many_rows() {
         let (inp, out) = (5, 300);
         let w: Vec<f32> = (0..out * inp).map(|i| ((i * 31) % 17) as f32 / 8.0 - 1.0).collect();
-        for n in [1, 3, 40, 70] {
+        for n in [1, 3, 8, 9, 40, 70] {
             let x: Vec<f32> = (0..n * inp).map(|i| ((i * 7) % 11) as f32 / 5.0 - 1.0).collect();
             let mut y = vec![f32::NAN; n * out];
             linear(&x, &w, inp, &mut y);

@@ -122,7 +122,9 @@ fn chunked_prefill_matches_one_pass() {
     let mut chunked_runner = model.runner(&select, 2).unwrap().with_prefill_chunk(7);
     let (mut seq, chunked) = chunked_runner.prefill(&tokens).unwrap();
     let err = rel_err(&model.logits(&one_pass), &model.logits(&chunked));
-    assert!(err <= 1e-5, "chunked prefill differs from one pass: relative error {err}");
+    // Chunks of up to 8 rows go through the row kernel, larger ones through sgemm: the same
+    // sums, rounded differently (the limit of prefill against decode is the same).
+    assert!(err <= 5e-4, "chunked prefill differs from one pass: relative error {err}");
     // The chunked sequence decodes normally afterwards.
     assert_eq!(seq.len(), 40);
     chunked_runner.decode(&mut [(&mut seq, 5)]).unwrap();
