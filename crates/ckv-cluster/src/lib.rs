@@ -45,5 +45,5 @@ pub use error::ClusterError;
 pub use kmeans::{kmeans, kmeans_heads};
 pub use matmul::{matmul_nn, matmul_nt};
 pub use params::{ClusterParams, ValidClusterParams};
-pub use rows::{RowData, score_rows, simd_enabled, softmax, weigh_rows};
+pub use rows::{RowData, score_rows, simd_level, softmax, weigh_rows};
 pub use values::{ValueError, check_values};

@@ -2,10 +2,11 @@
 //! stored rows, and weighted sums of stored rows. Each stored row is read once for all the
 //! query rows of a call (a GQA group reads its KV once).
 //!
-//! On x86-64 CPUs with AVX2, FMA and F16C (checked once at run time) the rows are converted
-//! and multiplied eight lanes at a time; elsewhere a portable path built on [`dot`] and
-//! [`axpy`] runs. Both compute the same sums in `f32`; their rounding differs. Within one
-//! process every call takes the same path, so equal inputs always give equal bits.
+//! On x86-64 CPUs the rows are converted and multiplied 16 lanes at a time with AVX-512F,
+//! or 8 with AVX2 + FMA + F16C (the widest the CPU has, checked once at run time);
+//! elsewhere a portable path built on [`dot`] and [`axpy`] runs. All compute the same sums
+//! in `f32`; their rounding differs. Within one process every call takes the same path, so
+//! equal inputs always give equal bits.
 
 use half::f16;
 
@@ -13,7 +14,7 @@ use crate::{Element, axpy, dot};
 
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
-mod avx2;
+mod x86;
 
 /// Stored rows by element type, for kernels written once per type.
 #[derive(Debug, Clone, Copy)]
@@ -24,15 +25,30 @@ pub enum RowData<'a> {
     F16(&'a [f16]),
 }
 
-/// Whether the AVX2 + FMA + F16C kernels run on this CPU.
-pub fn simd_enabled() -> bool {
+/// The kernels a call runs: the portable ones, or x86-64 SIMD at a level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Path {
+    Portable,
     #[cfg(target_arch = "x86_64")]
-    {
-        avx2::available()
+    X86(x86::Level),
+}
+
+/// The widest path this CPU runs.
+fn best() -> Path {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(&level) = x86::levels().last() {
+        return Path::X86(level);
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+    Path::Portable
+}
+
+/// The instructions the row kernels run with on this CPU: `"avx512f"`, `"avx2+fma+f16c"` or
+/// `"portable"`.
+pub fn simd_level() -> &'static str {
+    match best() {
+        Path::Portable => "portable",
+        #[cfg(target_arch = "x86_64")]
+        Path::X86(level) => level.name(),
     }
 }
 
@@ -62,22 +78,29 @@ pub fn score_rows<E: Element>(
     scores: &mut [f32],
 ) {
     let (g, n) = shapes(d, queries.len(), scores.len(), "scores", ids.len());
-    if g * n == 0 {
-        return;
+    if g * n > 0 {
+        score_rows_on(best(), queries, d, rows, ids, scale, scores);
     }
-    #[cfg(target_arch = "x86_64")]
-    if avx2::available() {
-        // SAFETY: available() checked AVX2, FMA and F16C on this CPU.
-        #[allow(unsafe_code)]
-        unsafe {
-            match E::row_data(rows) {
-                RowData::F32(rows) => avx2::score_rows(queries, d, rows, ids, scale, scores),
-                RowData::F16(rows) => avx2::score_rows(queries, d, rows, ids, scale, scores),
-            }
-        }
-        return;
+}
+
+/// [`score_rows`] on `path`, on checked shapes.
+fn score_rows_on<E: Element>(
+    path: Path,
+    queries: &[f32],
+    d: usize,
+    rows: &[E],
+    ids: impl Iterator<Item = usize> + Clone,
+    scale: f32,
+    scores: &mut [f32],
+) {
+    match path {
+        Path::Portable => portable_score_rows(queries, d, rows, ids, scale, scores),
+        #[cfg(target_arch = "x86_64")]
+        Path::X86(level) => match E::row_data(rows) {
+            RowData::F32(rows) => x86::score_rows(level, queries, d, rows, ids, scale, scores),
+            RowData::F16(rows) => x86::score_rows(level, queries, d, rows, ids, scale, scores),
+        },
     }
-    portable_score_rows(queries, d, rows, ids, scale, scores);
 }
 
 /// [`score_rows`] without SIMD intrinsics, on checked shapes.
@@ -112,22 +135,28 @@ pub fn weigh_rows<E: Element>(
     out: &mut [f32],
 ) {
     let (g, n) = shapes(d, out.len(), weights.len(), "weights", ids.len());
-    if g * n == 0 {
-        return;
+    if g * n > 0 {
+        weigh_rows_on(best(), weights, d, rows, ids, out);
     }
-    #[cfg(target_arch = "x86_64")]
-    if avx2::available() {
-        // SAFETY: available() checked AVX2, FMA and F16C on this CPU.
-        #[allow(unsafe_code)]
-        unsafe {
-            match E::row_data(rows) {
-                RowData::F32(rows) => avx2::weigh_rows(weights, d, rows, ids, out),
-                RowData::F16(rows) => avx2::weigh_rows(weights, d, rows, ids, out),
-            }
-        }
-        return;
+}
+
+/// [`weigh_rows`] on `path`, on checked shapes.
+fn weigh_rows_on<E: Element>(
+    path: Path,
+    weights: &[f32],
+    d: usize,
+    rows: &[E],
+    ids: impl Iterator<Item = usize> + Clone,
+    out: &mut [f32],
+) {
+    match path {
+        Path::Portable => portable_weigh_rows(weights, d, rows, ids, out),
+        #[cfg(target_arch = "x86_64")]
+        Path::X86(level) => match E::row_data(rows) {
+            RowData::F32(rows) => x86::weigh_rows(level, weights, d, rows, ids, out),
+            RowData::F16(rows) => x86::weigh_rows(level, weights, d, rows, ids, out),
+        },
     }
-    portable_weigh_rows(weights, d, rows, ids, out);
 }
 
 /// [`weigh_rows`] without SIMD intrinsics, on checked shapes.
@@ -151,16 +180,11 @@ fn portable_weigh_rows<E: Element>(
 /// in `f32`. The SIMD path's `exp` is a polynomial (relative error about 2e-7) that stops
 /// at about 1e-38 for arguments below -87.3 instead of going to zero.
 pub fn softmax(scores: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if avx2::available() {
-        // SAFETY: available() checked AVX2, FMA and F16C on this CPU.
-        #[allow(unsafe_code)]
-        unsafe {
-            avx2::softmax(scores)
-        };
-        return;
+    match best() {
+        Path::Portable => portable_softmax(scores),
+        #[cfg(target_arch = "x86_64")]
+        Path::X86(_) => x86::softmax(scores),
     }
-    portable_softmax(scores);
 }
 
 /// [`softmax`] with the standard library's `exp`.
@@ -213,23 +237,32 @@ mod tests {
         let (want_s, want_o) = reference(&q, d, &rows, ids, &w);
         let mut s = vec![f32::NAN; g * ids.len()];
         let mut o = vec![0.25f32; g * d];
-        for portable in [false, true] {
+        for path in paths() {
             s.fill(f32::NAN);
             o.fill(0.25);
-            if portable {
-                portable_score_rows(&q, d, &rows, ids.iter().copied(), 0.5, &mut s);
-                portable_weigh_rows(&w, d, &rows, ids.iter().copied(), &mut o);
-            } else {
-                score_rows(&q, d, &rows, ids.iter().copied(), 0.5, &mut s);
-                weigh_rows(&w, d, &rows, ids.iter().copied(), &mut o);
-            }
+            score_rows_on(path, &q, d, &rows, ids.iter().copied(), 0.5, &mut s);
+            weigh_rows_on(path, &w, d, &rows, ids.iter().copied(), &mut o);
             for (got, want) in s.iter().zip(&want_s) {
-                assert!((*got as f64 - 0.5 * want).abs() <= 1e-5 * (1.0 + want.abs()), "{got} vs {want}");
+                assert!(
+                    (*got as f64 - 0.5 * want).abs() <= 1e-5 * (1.0 + want.abs()),
+                    "{path:?}: {got} vs {want}"
+                );
             }
             for (got, want) in o.iter().zip(&want_o) {
-                assert!((*got as f64 - 0.25 - want).abs() <= 1e-5 * (1.0 + want.abs()), "{got} vs {want}");
+                assert!(
+                    (*got as f64 - 0.25 - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                    "{path:?}: {got} vs {want}"
+                );
             }
         }
+    }
+
+    /// Every path this CPU runs: the portable one and each x86-64 level.
+    fn paths() -> Vec<Path> {
+        let mut paths = vec![Path::Portable];
+        #[cfg(target_arch = "x86_64")]
+        paths.extend(x86::levels().iter().map(|&l| Path::X86(l)));
+        paths
     }
 
     proptest! {

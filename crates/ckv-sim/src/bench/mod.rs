@@ -197,8 +197,8 @@ pub struct BenchReport {
     pub flush_bytes: usize,
     /// Rayon threads.
     pub threads: usize,
-    /// Whether the AVX2 + FMA + F16C row kernels ran.
-    pub simd: bool,
+    /// The instructions of the row kernels (`ckv_cluster::simd_level`).
+    pub simd: &'static str,
     /// Every case.
     pub records: Vec<BenchRecord>,
 }
@@ -249,7 +249,7 @@ pub fn run_bench(config: &BenchConfig, model: Option<(&Model, &[u32])>) -> Resul
         read_bandwidth,
         flush_bytes: 2 * last_level_cache_bytes(),
         threads: rayon::current_num_threads(),
-        simd: ckv_cluster::simd_enabled(),
+        simd: ckv_cluster::simd_level(),
         records,
     })
 }
@@ -265,7 +265,7 @@ pub fn bench_tables(report: &BenchReport) -> String {
         report.read_bandwidth / 1e9,
         report.read_bandwidth / report.bandwidth,
         report.threads,
-        if report.simd { "AVX2+FMA+F16C" } else { "portable" }
+        report.simd
     );
     let optional = |x: Option<f64>, digits: usize| x.map_or("-".to_owned(), |x| format!("{x:.digits$}"));
     for (case, title, unit) in [
