@@ -193,8 +193,6 @@ pub struct BenchReport {
     /// Bandwidth of a parallel read of the flush buffer, bytes per second: what a read-only
     /// kernel such as decode attention can reach at best.
     pub read_bandwidth: f64,
-    /// Bytes read to flush the cache before each timed decode step.
-    pub flush_bytes: usize,
     /// Rayon threads.
     pub threads: usize,
     /// The instructions of the row kernels (`ckv_cluster::simd_level`).
@@ -247,7 +245,6 @@ pub fn run_bench(config: &BenchConfig, model: Option<(&Model, &[u32])>) -> Resul
     Ok(BenchReport {
         bandwidth,
         read_bandwidth,
-        flush_bytes: 2 * last_level_cache_bytes(),
         threads: rayon::current_num_threads(),
         simd: ckv_cluster::simd_level(),
         records,
