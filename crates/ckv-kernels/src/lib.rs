@@ -1,10 +1,21 @@
-//! CUDA kernels of the ClusterKV decode path.
+//! CUDA kernels of the ClusterKV decode path, each the twin of a CPU operation in
+//! `ckv-cluster`, `ckv-select` or `ckv-attn`.
 //!
-//! This crate will hold the CUDA C sources (`kernels/*.cu`) and safe launchers over
-//! `cudarc` behind the `cuda` feature, each kernel the twin of a CPU operation in
-//! `ckv-cluster`, `ckv-select` or `ckv-attn`. **No kernel exists yet**: they arrive in a
-//! later release. Until then the crate is empty on purpose, so that nothing pretends to
-//! run on a GPU; the CPU path in `ckv-attn` is the complete implementation.
+//! - [`SOURCES`]: the CUDA C sources (`kernels/*.cu`), always available, so that tools can
+//!   compile them without this crate's `cuda` feature.
+//! - With the `cuda` feature: [`compile_ptx`] compiles a source to PTX with NVRTC (loaded at
+//!   run time through `cudarc`), and the `ckv-ptx` binary writes every kernel's PTX for
+//!   every target architecture (`cargo xtask kernels` runs it, then `ptxas`).
 //!
-//! The `cuda` feature is off by default: the workspace builds and every CPU test runs on
-//! a machine without a CUDA toolkit or a GPU.
+//! Work in progress (issue 6): decode attention (flash-decoding over selected ids, GQA
+//! aware, f16 KV, f32 accumulation) is written; clustering, ranking, selection and the GPU
+//! pipeline backend are not yet. Nothing runs on a GPU yet: the CPU path in `ckv-attn` is
+//! the complete implementation.
+
+#[cfg(feature = "cuda")]
+mod compile;
+mod sources;
+
+#[cfg(feature = "cuda")]
+pub use compile::{KernelError, compile_ptx};
+pub use sources::{ARCHS, KernelSource, SOURCES};

@@ -1,0 +1,55 @@
+//! NVRTC compilation of the sources to PTX.
+
+use std::path::PathBuf;
+
+use cudarc::nvrtc::{CompileOptions, compile_ptx_with_opts};
+
+use crate::KernelSource;
+
+/// Errors of kernel compilation.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    /// libnvrtc could not be loaded.
+    #[error(
+        "libnvrtc (CUDA 13) was not found: install the CUDA toolkit or the nvidia-cuda-nvrtc wheel \
+         and put its lib folder on LD_LIBRARY_PATH (`cargo xtask kernels` does both)"
+    )]
+    NoNvrtc,
+    /// NVRTC rejected a source.
+    #[error("kernel {name} does not compile for {arch}: {log}")]
+    Compile {
+        /// The source.
+        name: &'static str,
+        /// The target architecture.
+        arch: &'static str,
+        /// NVRTC's message and log.
+        log: String,
+    },
+}
+
+/// Compiles `source` to PTX for `arch` (`"sm_80"`, `"sm_90"`, ...), with `include_dirs` on
+/// the include path (the folder of `cuda_fp16.h` where no toolkit is installed).
+pub fn compile_ptx(
+    source: &KernelSource,
+    arch: &'static str,
+    include_dirs: &[PathBuf],
+) -> Result<String, KernelError> {
+    // SAFETY: only tries to dlopen libnvrtc under its usual names; no symbol is called.
+    #[allow(unsafe_code)]
+    let present = unsafe { cudarc::nvrtc::sys::is_culib_present() };
+    if !present {
+        return Err(KernelError::NoNvrtc);
+    }
+    let opts = CompileOptions {
+        arch: Some(arch),
+        include_paths: include_dirs.iter().map(|d| d.display().to_string()).collect(),
+        options: vec!["--std=c++17".into()],
+        name: Some(format!("{}.cu", source.name)),
+        ..Default::default()
+    };
+    compile_ptx_with_opts(source.code, opts).map(|ptx| ptx.to_src()).map_err(|e| KernelError::Compile {
+        name: source.name,
+        arch,
+        log: e.to_string(),
+    })
+}

@@ -1,0 +1,30 @@
+//! The CUDA C sources of the crate.
+
+/// One CUDA C source file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelSource {
+    /// Its name, the file stem (`attention` for `kernels/attention.cu`).
+    pub name: &'static str,
+    /// Its text.
+    pub code: &'static str,
+}
+
+/// Every source of `kernels/`.
+pub const SOURCES: &[KernelSource] =
+    &[KernelSource { name: "attention", code: include_str!("../kernels/attention.cu") }];
+
+/// The GPU architectures every kernel is compiled for: A100 (`sm_80`) and H100/H200
+/// (`sm_90`).
+pub const ARCHS: [&str; 2] = ["sm_80", "sm_90"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_source_declares_its_entry_points() {
+        for source in SOURCES {
+            assert!(source.code.contains("extern \"C\" __global__"), "{} has no kernel", source.name);
+        }
+    }
+}
