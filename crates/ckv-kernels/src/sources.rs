@@ -10,8 +10,10 @@ pub struct KernelSource {
 }
 
 /// Every source of `kernels/`.
-pub const SOURCES: &[KernelSource] =
-    &[KernelSource { name: "attention", code: include_str!("../kernels/attention.cu") }];
+pub const SOURCES: &[KernelSource] = &[
+    KernelSource { name: "attention", code: include_str!("../kernels/attention.cu") },
+    KernelSource { name: "select", code: include_str!("../kernels/select.cu") },
+];
 
 /// The GPU architectures every kernel is compiled for: A100 (`sm_80`) and H100/H200
 /// (`sm_90`).
