@@ -12,6 +12,7 @@ pub struct KernelSource {
 /// Every source of `kernels/`.
 pub const SOURCES: &[KernelSource] = &[
     KernelSource { name: "attention", code: include_str!("../kernels/attention.cu") },
+    KernelSource { name: "kmeans", code: include_str!("../kernels/kmeans.cu") },
     KernelSource { name: "select", code: include_str!("../kernels/select.cu") },
 ];
 
