@@ -102,16 +102,38 @@ fn parse_report(text: &str) -> Vec<Entry> {
     entries
 }
 
-/// Compiles every kernel and prints the ptxas report; fails on an error or a spill.
-pub fn kernels() -> Result<(), String> {
-    let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target");
-    let root = toolkit(&target)?;
-    let (lib, include) = (root.join("lib"), root.join("include"));
-    let ptx_dir = target.join("ptx");
-    let library_path = match std::env::var("LD_LIBRARY_PATH") {
+/// The workspace's target folder.
+fn target_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target")
+}
+
+/// `LD_LIBRARY_PATH` with the toolkit's lib folder (libnvrtc) first.
+fn library_path(root: &Path) -> String {
+    let lib = root.join("lib");
+    match std::env::var("LD_LIBRARY_PATH") {
         Ok(old) if !old.is_empty() => format!("{}:{old}", lib.display()),
         _ => lib.display().to_string(),
-    };
+    }
+}
+
+/// `cargo xtask gpu-check`: the GPU tests (each kernel against the CPU path), with NVRTC and
+/// the headers from the toolkit folder. Without a GPU they say so and pass.
+pub fn gpu_check() -> Result<(), String> {
+    let root = toolkit(&target_dir())?;
+    let include = root.join("include").display().to_string();
+    crate::cargo_with_env(
+        &["test", "--release", "--locked", "--package", "ckv-sim", "--test", "gpu", "--", "--nocapture"],
+        &[("LD_LIBRARY_PATH", library_path(&root)), ("CKV_CUDA_INCLUDE", include)],
+    )
+}
+
+/// Compiles every kernel and prints the ptxas report; fails on an error or a spill.
+pub fn kernels() -> Result<(), String> {
+    let target = target_dir();
+    let root = toolkit(&target)?;
+    let include = root.join("include");
+    let ptx_dir = target.join("ptx");
+    let library_path = library_path(&root);
     let (ptx, inc) = (ptx_dir.display().to_string(), include.display().to_string());
     crate::cargo_with_env(
         &[

