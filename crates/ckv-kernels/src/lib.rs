@@ -7,10 +7,19 @@
 //!   run time through `cudarc`), and the `ckv-ptx` binary writes every kernel's PTX for
 //!   every target architecture (`cargo xtask kernels` runs it, then `ptxas`).
 //!
-//! Work in progress (issue 6): decode attention (flash-decoding over selected ids, GQA
-//! aware, f16 KV, f32 accumulation) is written; clustering, ranking, selection and the GPU
-//! pipeline backend are not yet. Nothing runs on a GPU yet: the CPU path in `ckv-attn` is
-//! the complete implementation.
+//! Work in progress (issue 6), compiled and ptxas-checked for sm_80 and sm_90 but not yet
+//! run on a GPU:
+//! - kernels: decode attention (flash-decoding over selected ids or a range, GQA aware,
+//!   f16 KV, f32 accumulation, chunks merged after), ClusterKV selection (scores, bitonic
+//!   ranking up to 4096 clusters, the budget filled with the last cluster cut), k-means
+//!   (normalise, tiled cosine assignment, sizes, stable members, mean update);
+//! - [`Gpu`]: a context with every source compiled by NVRTC for the device, and launchers
+//!   over host slices for the GPU tests (`ckv-sim/tests/gpu.rs`, which skip without a GPU).
+//!
+//! Not yet: device-resident buffers and the GPU backend of `ckv-attn`'s pipeline, K/V
+//! append, the GPU benchmark of `cargo xtask gpu-check` (CUDA events), tensor-core
+//! assignment for the 2 ms clustering goal. The CPU path in `ckv-attn` is the complete
+//! implementation.
 
 #[cfg(feature = "cuda")]
 mod compile;
