@@ -26,7 +26,7 @@ fn run(cmd: &mut Command, what: &str) -> Result<Vec<u8>, String> {
 }
 
 /// The unzipped toolkit (fetched and unzipped once).
-fn toolkit(target: &Path) -> Result<PathBuf, String> {
+pub(crate) fn toolkit(target: &Path) -> Result<PathBuf, String> {
     let dir = target.join("cuda-toolkit");
     let root = dir.join("unzipped").join(TOOLKIT);
     let ptxas = root.join("bin/ptxas");
@@ -103,28 +103,17 @@ fn parse_report(text: &str) -> Vec<Entry> {
 }
 
 /// The workspace's target folder.
-fn target_dir() -> PathBuf {
+pub(crate) fn target_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target")
 }
 
 /// `LD_LIBRARY_PATH` with the toolkit's lib folder (libnvrtc) first.
-fn library_path(root: &Path) -> String {
+pub(crate) fn library_path(root: &Path) -> String {
     let lib = root.join("lib");
     match std::env::var("LD_LIBRARY_PATH") {
         Ok(old) if !old.is_empty() => format!("{}:{old}", lib.display()),
         _ => lib.display().to_string(),
     }
-}
-
-/// `cargo xtask gpu-check`: the GPU tests (each kernel against the CPU path), with NVRTC and
-/// the headers from the toolkit folder. Without a GPU they say so and pass.
-pub fn gpu_check() -> Result<(), String> {
-    let root = toolkit(&target_dir())?;
-    let include = root.join("include").display().to_string();
-    crate::cargo_with_env(
-        &["test", "--release", "--locked", "--package", "ckv-sim", "--test", "gpu", "--", "--nocapture"],
-        &[("LD_LIBRARY_PATH", library_path(&root)), ("CKV_CUDA_INCLUDE", include)],
-    )
 }
 
 /// Compiles every kernel and prints the ptxas report; fails on an error or a spill.

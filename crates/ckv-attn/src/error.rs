@@ -36,6 +36,11 @@ pub enum AttnError {
     /// Selection failed.
     #[error(transparent)]
     Select(#[from] ckv_select::SelectError),
+    /// The GPU failed (driver, kernel loading or launch); the sequence's device state may
+    /// be partly updated, so remove the sequence.
+    #[cfg(feature = "cuda")]
+    #[error("GPU: {0}")]
+    Gpu(String),
     /// The KV store failed.
     #[error(transparent)]
     Cache(#[from] ckv_cache::CacheError),

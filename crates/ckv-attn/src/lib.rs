@@ -9,6 +9,9 @@
 //!   decode steps (append, re-cluster every full tail window, select under the budget,
 //!   attend) for a batch of sequences of different lengths, parallel over (sequence, KV
 //!   head); layers below `dense_layers` attend densely.
+//! - [`Backend`]: where decode steps run, chosen when the pipeline is built
+//!   ([`LayerPipeline::with_backend`]): the CPU, or with the feature `cuda` a GPU through
+//!   `ckv-kernels`, with the same API and the same selections.
 //!
 //! ```
 //! use ckv_attn::{DecodeInput, LayerPipeline, PipelineConfig, PrefillInput};
@@ -29,12 +32,16 @@
 //! ```
 
 mod attention;
+mod backend;
 mod config;
+#[cfg(feature = "cuda")]
+mod device;
 mod error;
 mod pipeline;
 mod prefill;
 
 pub use attention::{Selected, attend_rows, attend_selected, dense_attention, sparse_attention};
+pub use backend::Backend;
 pub use config::{PipelineConfig, ValidPipelineConfig};
 pub use error::AttnError;
 pub use pipeline::{DecodeInput, LayerPipeline, PrefillInput, PrefillSnapshot, SeqId};

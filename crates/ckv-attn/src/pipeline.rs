@@ -9,8 +9,10 @@ use ckv_index::ClusterIndex;
 use ckv_select::{GqaPolicy, Growth, Regions, Selector, StepCtx, derive_seed, new_selector, select_group};
 use rayon::prelude::*;
 
+#[cfg(feature = "cuda")]
+use crate::device::DeviceTier;
 use crate::prefill::{HeadF32, causal_attention};
-use crate::{AttnError, Selected, ValidPipelineConfig, attend_selected};
+use crate::{AttnError, Backend, Selected, ValidPipelineConfig, attend_selected};
 
 /// Identifies a sequence held by a [`LayerPipeline`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -104,12 +106,35 @@ pub struct LayerPipeline<E: Element> {
     config: ValidPipelineConfig,
     seqs: Vec<Option<SeqState<E>>>,
     batch_slot: Vec<usize>,
+    /// The device side, when decode steps run on a GPU.
+    #[cfg(feature = "cuda")]
+    device: Option<DeviceTier>,
 }
 
 impl<E: Element> LayerPipeline<E> {
-    /// An empty pipeline.
+    /// An empty pipeline decoding on the CPU.
     pub fn new(config: ValidPipelineConfig) -> Self {
-        Self { config, seqs: Vec::new(), batch_slot: Vec::new() }
+        Self {
+            config,
+            seqs: Vec::new(),
+            batch_slot: Vec::new(),
+            #[cfg(feature = "cuda")]
+            device: None,
+        }
+    }
+
+    /// An empty pipeline decoding on `backend`. The GPU backend takes dense and ClusterKV
+    /// layers with f16 KV, in the group sizes and head dimensions its kernels instantiate;
+    /// anything else is refused here, by name.
+    pub fn with_backend(config: ValidPipelineConfig, backend: Backend) -> Result<Self, AttnError> {
+        match backend {
+            Backend::Cpu => Ok(Self::new(config)),
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(gpu) => {
+                let device = Some(DeviceTier::new::<E>(gpu, &config)?);
+                Ok(Self { device, ..Self::new(config) })
+            }
+        }
     }
 
     /// The configuration.
@@ -220,6 +245,12 @@ impl<E: Element> LayerPipeline<E> {
             }
             head.selector.grow(head.kv.keys(), d, sink..prompt.max(sink), Growth::Prompt)
         })?;
+        #[cfg(feature = "cuda")]
+        if let Some(device) = &mut self.device {
+            let heads: Vec<_> = state.heads.iter().map(|h| (&h.kv, h.selector.as_ref())).collect();
+            let capacity = self.config.select().max_context().unwrap_or(0);
+            device.upload(seq.0, &heads, capacity)?;
+        }
         state.clustered_end = prompt.max(sink);
         state.prefilling = false;
         Ok(())
@@ -303,6 +334,16 @@ impl<E: Element> LayerPipeline<E> {
                 return Err(ckv_select::SelectError::ContextTooLong { context, max_context }.into());
             }
         }
+        #[cfg(feature = "cuda")]
+        if let Some(device) = &mut self.device {
+            for (input, out) in batch.iter().zip(out.chunks_exact_mut(hq * d)) {
+                let Some(Some(state)) = self.seqs.get_mut(input.seq.0) else {
+                    return Err(AttnError::UnknownSequence(input.seq));
+                };
+                decode_one_device(cfg, state, device, input, out)?;
+            }
+            return Ok(());
+        }
         // Every sequence of the batch decodes into its own output buffer, in parallel; then
         // the buffers are copied out in batch order. No allocation once the buffers exist.
         let slots = &self.batch_slot;
@@ -324,6 +365,10 @@ impl<E: Element> LayerPipeline<E> {
     pub fn remove(&mut self, seq: SeqId) -> Result<(), AttnError> {
         self.state(seq)?;
         self.seqs[seq.0] = None;
+        #[cfg(feature = "cuda")]
+        if let Some(device) = &mut self.device {
+            device.remove(seq.0);
+        }
         Ok(())
     }
 
@@ -400,6 +445,59 @@ fn prefill_attention<E: Element>(
     }
 }
 
+/// One decode step of one sequence on the GPU: the host appends the K/V and grows the index
+/// (parallel over KV heads), then the device appends, selects and attends.
+#[cfg(feature = "cuda")]
+fn decode_one_device<E: Element>(
+    cfg: &ValidPipelineConfig,
+    state: &mut SeqState<E>,
+    device: &mut DeviceTier,
+    input: &DecodeInput<'_>,
+    out: &mut [f32],
+) -> Result<(), AttnError> {
+    let d = cfg.head_dim();
+    let (regions, grow) = step_regions(cfg, state)?;
+    let (t, c) = (regions.current(), state.clustered_end);
+    state.heads.par_iter_mut().zip(input.key.par_chunks(d)).zip(input.value.par_chunks(d)).try_for_each(
+        |((head, key), value)| {
+            head.kv.append(key, value)?;
+            if grow {
+                head.selector.grow(head.kv.keys(), d, c..t, Growth::Window)?;
+            }
+            Ok::<(), AttnError>(())
+        },
+    )?;
+    state.clustered_end = regions.clustered().end;
+    let (heads, mut selections): (Vec<_>, Vec<_>) =
+        state.heads.iter_mut().map(|h| ((&h.kv, h.selector.as_ref()), &mut h.selections)).unzip();
+    device.decode(
+        input.seq.0,
+        cfg,
+        &heads,
+        &mut selections,
+        regions,
+        input.key,
+        input.value,
+        input.query,
+        out,
+    )?;
+    Ok(())
+}
+
+/// The regions of the next step of `state`, and whether its full tail is clustered first.
+fn step_regions<E: Element>(
+    cfg: &ValidPipelineConfig,
+    state: &SeqState<E>,
+) -> Result<(Regions, bool), AttnError> {
+    let select = cfg.select();
+    let t = state.len() as u32;
+    let c = state.clustered_end;
+    // The tail [c, t) is full: cluster it alone and append its clusters.
+    let grow = t >= c && (t - c) as usize >= select.window();
+    let clustered_end = if grow { t } else { c };
+    Ok((Regions::new(select.sink() as u32, clustered_end, t)?, grow))
+}
+
 /// One decode step of one sequence, parallel over its KV heads.
 fn decode_one<E: Element>(
     cfg: &ValidPipelineConfig,
@@ -407,12 +505,8 @@ fn decode_one<E: Element>(
     input: &DecodeInput<'_>,
 ) -> Result<(), AttnError> {
     let (d, g, select) = (cfg.head_dim(), cfg.group(), cfg.select());
-    let t = state.len() as u32;
-    let c = state.clustered_end;
-    // The tail [c, t) is full: cluster it alone and append its clusters.
-    let grow = t >= c && (t - c) as usize >= select.window();
-    let clustered_end = if grow { t } else { c };
-    let regions = Regions::new(select.sink() as u32, clustered_end, t)?;
+    let (regions, grow) = step_regions(cfg, state)?;
+    let (t, c, clustered_end) = (regions.current(), state.clustered_end, regions.clustered().end);
     state
         .heads
         .par_iter_mut()

@@ -6,10 +6,11 @@
 // Heads are independent: every kernel takes the head as blockIdx.y.
 //
 // Shapes (row-major, per head h, `n` rows of dimension `d`, `k` clusters):
-//   keys      [heads, n, d] f16          x, xn   [heads, n, d] f32 (raw, unit rows)
+//   keys      [heads, n, d] f16, `head_stride` apart
+//   x, xn     [heads, n, d] f32 (raw, unit rows)
 //   centroids [heads, k, d] f32          cn      [heads, k, d] f32 (unit centroids)
 //   labels    [heads, n] u32             changed [heads] u32
-//   sizes, offsets [heads, k] u32        members [heads, n] u32
+//   sizes, offsets [heads, k] u32        members [heads, n] u32: token ids `first + row`
 
 #include <cuda_fp16.h>
 
@@ -23,15 +24,17 @@ __device__ __forceinline__ float warp_sum(float x) {
 }
 
 // One warp per row: x = the row in f32, xn = x / |x| (zero rows stay zero).
-extern "C" __global__ void kmeans_normalize(const __half* __restrict__ keys, int n, int d,
-                                            float* __restrict__ x, float* __restrict__ xn) {
+extern "C" __global__ void kmeans_normalize(const __half* __restrict__ keys, long long head_stride,
+                                            int n, int d, float* __restrict__ x,
+                                            float* __restrict__ xn) {
     const int warps = blockDim.x / 32, lane = threadIdx.x % 32;
     const long long row = (long long)blockIdx.x * warps + threadIdx.x / 32;
     if (row >= n) return;
     const long long base = ((long long)blockIdx.y * n + row) * d;
+    const __half* key = keys + blockIdx.y * head_stride + row * d;
     float sq = 0.0f;
     for (int e = lane; e < d; e += 32) {
-        const float v = __half2float(keys[base + e]);
+        const float v = __half2float(key[e]);
         x[base + e] = v;
         sq += v * v;
     }
@@ -101,7 +104,7 @@ extern "C" __global__ void __launch_bounds__(ASSIGN_THREADS) kmeans_assign(
 // scanning the labels in order (a stable counting sort: O(k n) work, deterministic).
 // offsets must hold the exclusive prefix of sizes (kmeans_sizes below).
 extern "C" __global__ void kmeans_members(const unsigned* __restrict__ labels, int n, int k,
-                                          const unsigned* __restrict__ offsets,
+                                          unsigned first, const unsigned* __restrict__ offsets,
                                           unsigned* __restrict__ members) {
     __shared__ unsigned warp_counts[32];
     __shared__ unsigned base;
@@ -120,7 +123,7 @@ extern "C" __global__ void kmeans_members(const unsigned* __restrict__ labels, i
         __syncthreads();
         unsigned before = base;
         for (int w = 0; w < warp; ++w) before += warp_counts[w];
-        if (mine) out[before + __popc(ballot & ((1u << lane) - 1u))] = (unsigned)i;
+        if (mine) out[before + __popc(ballot & ((1u << lane) - 1u))] = first + (unsigned)i;
         __syncthreads();
         if (threadIdx.x == 0) {
             for (int w = 0; w < warps; ++w) base += warp_counts[w];
@@ -151,7 +154,7 @@ extern "C" __global__ void kmeans_sizes(const unsigned* __restrict__ labels, int
 
 // One block per (cluster, head), threads over d: a non-empty centroid becomes the mean of
 // its members' raw rows (summed in member order), an empty one stays; cn is its unit copy.
-extern "C" __global__ void kmeans_update(const float* __restrict__ x, int n, int k, int d,
+extern "C" __global__ void kmeans_update(const float* __restrict__ x, int n, int k, int d, unsigned first,
                                          const unsigned* __restrict__ sizes,
                                          const unsigned* __restrict__ offsets,
                                          const unsigned* __restrict__ members,
@@ -165,7 +168,7 @@ extern "C" __global__ void kmeans_update(const float* __restrict__ x, int n, int
     for (int e = threadIdx.x; e < d; e += blockDim.x) {
         if (size > 0) {
             float s = 0.0f;
-            for (unsigned m = 0; m < size; ++m) s += x[((long long)head * n + list[m]) * d + e];
+            for (unsigned m = 0; m < size; ++m) s += x[((long long)head * n + (list[m] - first)) * d + e];
             centroid[e] = s / (float)size;
         }
         sq += centroid[e] * centroid[e];

@@ -10,7 +10,8 @@
 //   centroids  [clusters, d] f32 of the selection's KV head (`centroid_stride` apart per head)
 //   sizes, offsets [heads, index_stride] u32: each cluster's size and the start of its
 //              members in the head's members [heads, members_stride] u32 (token ids)
-//   out        [selections, out_stride] u32: the `count` chosen ids (in rank order)
+//   out        [selections, out_stride] u32: the `count` chosen ids (in rank order) from
+//              position `out_offset` of each list (after the sink's ids)
 //
 // The launcher checks clusters <= MAX_CLUSTERS and d <= 256 (the shared arrays' sizes).
 
@@ -28,7 +29,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) clusterkv_select(
     const unsigned* __restrict__ sizes, const unsigned* __restrict__ offsets,
     const unsigned* __restrict__ members, long long members_stride, long long index_stride,
     int clusters, int count,
-    unsigned* __restrict__ out, int out_stride) {
+    unsigned* __restrict__ out, int out_stride, int out_offset) {
     __shared__ float score[MAX_CLUSTERS];
     __shared__ unsigned id[MAX_CLUSTERS];
     __shared__ float query[256];
@@ -117,7 +118,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) clusterkv_select(
     __syncthreads();
 
     // Copy the members of every ranked cluster that starts before `count`, the last cut.
-    unsigned* sel_out = out + (long long)sel * out_stride;
+    unsigned* sel_out = out + (long long)sel * out_stride + out_offset;
     for (int r = 0; r < clusters; ++r) {
         const unsigned start = taken[r];
         if (start >= (unsigned)count) break;

@@ -36,6 +36,15 @@ pub enum KernelError {
     },
 }
 
+/// Where the CUDA headers (`cuda_fp16.h`) may be: the folders of `CKV_CUDA_INCLUDE` (a
+/// path list; `cargo xtask kernels` and `gpu-check` set it to their toolkit), then
+/// `$CUDA_HOME/include` and `/usr/local/cuda/include`.
+pub fn default_include_dirs() -> Vec<PathBuf> {
+    let listed = std::env::var_os("CKV_CUDA_INCLUDE").map(|v| std::env::split_paths(&v).collect::<Vec<_>>());
+    let cuda_home = std::env::var_os("CUDA_HOME").map(|h| PathBuf::from(h).join("include"));
+    listed.into_iter().flatten().chain(cuda_home).chain([PathBuf::from("/usr/local/cuda/include")]).collect()
+}
+
 /// Compiles `source` to PTX for `arch` (`"sm_80"`, `"sm_90"`, ...), with `include_dirs` on
 /// the include path (the folder of `cuda_fp16.h` where no toolkit is installed).
 pub fn compile_ptx(

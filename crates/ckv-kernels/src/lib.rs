@@ -6,20 +6,19 @@
 //! - With the `cuda` feature: [`compile_ptx`] compiles a source to PTX with NVRTC (loaded at
 //!   run time through `cudarc`), and the `ckv-ptx` binary writes every kernel's PTX for
 //!   every target architecture (`cargo xtask kernels` runs it, then `ptxas`).
+//! - With the `cuda` feature, [`Gpu`]: a context with every source compiled by NVRTC for the device, and on it:
+//!   - [`DeviceKv`]: a sequence's f16 KV of every KV head, appended one token at a time
+//!     ([`Gpu::append_kv`]);
+//!   - [`DeviceIndex`]: a sequence's cluster index (CSR) of every KV head, uploaded
+//!     ([`Gpu::upload_index`]) or built by k-means on the GPU ([`Gpu::cluster`]);
+//!   - [`Gpu::decode_step`]: the id lists of a step (ClusterKV's selection under either GQA
+//!     policy, or every clustered token) and flash-decoding attention over them, or dense
+//!     attention; results stay on the device until read;
+//!   - [`GpuTimer`] and [`L2Flush`] for the GPU benchmark (CUDA events);
+//!   - launchers over host slices ([`Gpu::attention`], [`Gpu::select`], [`Gpu::kmeans`])
+//!     that the GPU tests (`ckv-sim/tests/gpu.rs`) hold against the CPU path.
 //!
-//! Work in progress (issue 6), compiled and ptxas-checked for sm_80 and sm_90 but not yet
-//! run on a GPU:
-//! - kernels: decode attention (flash-decoding over selected ids or a range, GQA aware,
-//!   f16 KV, f32 accumulation, chunks merged after), ClusterKV selection (scores, bitonic
-//!   ranking up to 4096 clusters, the budget filled with the last cluster cut), k-means
-//!   (normalise, tiled cosine assignment, sizes, stable members, mean update);
-//! - [`Gpu`]: a context with every source compiled by NVRTC for the device, and launchers
-//!   over host slices for the GPU tests (`ckv-sim/tests/gpu.rs`, which skip without a GPU).
-//!
-//! Not yet: device-resident buffers and the GPU backend of `ckv-attn`'s pipeline, K/V
-//! append, the GPU benchmark of `cargo xtask gpu-check` (CUDA events), tensor-core
-//! assignment for the 2 ms clustering goal. The CPU path in `ckv-attn` is the complete
-//! implementation.
+//! `ckv-attn`'s decode pipeline runs on the GPU through these (its `cuda` feature).
 
 #[cfg(feature = "cuda")]
 mod compile;
@@ -28,7 +27,12 @@ mod gpu;
 mod sources;
 
 #[cfg(feature = "cuda")]
-pub use compile::{KernelError, compile_ptx};
+pub use compile::{KernelError, compile_ptx, default_include_dirs};
 #[cfg(feature = "cuda")]
-pub use gpu::Gpu;
+pub use gpu::ATTENTION_SHAPES;
+#[cfg(feature = "cuda")]
+pub use gpu::{
+    DecodeScratch, DecodeStep, DeviceClustering, DeviceIndex, DeviceKv, Gpu, GpuTimer, IndexParts, L2Flush,
+    StepIds,
+};
 pub use sources::{ARCHS, KernelSource, SOURCES};

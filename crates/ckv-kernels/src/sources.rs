@@ -13,6 +13,7 @@ pub struct KernelSource {
 pub const SOURCES: &[KernelSource] = &[
     KernelSource { name: "attention", code: include_str!("../kernels/attention.cu") },
     KernelSource { name: "kmeans", code: include_str!("../kernels/kmeans.cu") },
+    KernelSource { name: "kv", code: include_str!("../kernels/kv.cu") },
     KernelSource { name: "select", code: include_str!("../kernels/select.cu") },
 ];
 

@@ -33,6 +33,10 @@ pub enum SimError {
     /// Selection parameters were rejected.
     #[error(transparent)]
     Select(#[from] ckv_select::SelectError),
+    /// The GPU failed (feature `cuda`).
+    #[cfg(feature = "cuda")]
+    #[error("GPU: {0}")]
+    Gpu(String),
     /// Reading or writing a file failed.
     #[error("i/o error on {}: {source}", path.display())]
     Io {

@@ -48,6 +48,8 @@ pub use bench::{
     BenchConfig, BenchRecord, BenchReport, Flusher, LayerShape, bench_tables, copy_bandwidth,
     last_level_cache_bytes, run_bench,
 };
+#[cfg(feature = "cuda")]
+pub use bench::{GpuBenchConfig, GpuBenchReport, gpu_bench_tables, run_gpu_bench};
 pub use error::SimError;
 pub use eval::{EvalConfig, evaluate};
 pub use metrics::{Fidelity, FidelityScratch, fidelity};

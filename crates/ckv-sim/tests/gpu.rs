@@ -5,16 +5,23 @@
 
 use std::path::PathBuf;
 
-use ckv_attn::sparse_attention;
-use ckv_kernels::{Gpu, KernelError};
+use std::sync::Arc;
+
+use ckv_attn::{Backend, DecodeInput, LayerPipeline, PipelineConfig, PrefillInput, sparse_attention};
+use ckv_kernels::{Gpu, IndexParts, KernelError};
+use ckv_select::{GqaPolicy, Method, SelectParams};
+use ckv_sim::{Trace, TraceConfig};
 use half::f16;
 use proptest::prelude::*;
 
-/// The folders holding `cuda_fp16.h`.
+/// The folders that may hold `cuda_fp16.h`: the usual ones, then the toolkit folder of
+/// `cargo xtask kernels`.
 fn include_dirs() -> Vec<PathBuf> {
     let toolkit = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../target/cuda-toolkit/unzipped/nvidia/cu13/include");
-    std::env::var_os("CKV_CUDA_INCLUDE").map(PathBuf::from).into_iter().chain([toolkit]).collect()
+    let mut dirs = ckv_kernels::default_include_dirs();
+    dirs.push(toolkit);
+    dirs
 }
 
 /// The GPU, or `None` after saying why the test skips.
@@ -102,9 +109,13 @@ fn selection_kernel_matches_the_cpu_ranking() {
         index.append(&clustering, 16).unwrap();
         let queries: Vec<f32> = (0..selections * rows * d).map(|i| val(i, seed + 1)).collect();
         let count = ((index.n_tokens() as f64 * share) as usize).max(1);
-        let got = gpu
-            .select(&queries, rows, d, index.centroids(), index.sizes(), index.offsets(), index.members(), count)
-            .unwrap();
+        let parts = IndexParts {
+            centroids: index.centroids(),
+            sizes: index.sizes(),
+            offsets: index.offsets(),
+            members: index.members(),
+        };
+        let got = gpu.select(&queries, rows, parts, d, count).unwrap();
         for (s, got) in got.iter().enumerate() {
             let mut query = vec![0.0f32; d];
             for r in 0..rows {
@@ -168,4 +179,191 @@ fn kmeans_kernels_keep_the_invariants_of_the_cpu_kmeans() {
             prop_assert!(cos(labels[i] as usize) >= best - 1e-5, "row {} label {}", i, labels[i]);
         }
     });
+}
+
+#[test]
+fn appended_kv_is_the_f16_of_the_new_rows() {
+    let Some(gpu) = gpu() else { return };
+    let config = ProptestConfig { cases: 16, ..ProptestConfig::default() };
+    proptest!(config, |(
+        heads in 1usize..9,
+        d in prop::sample::select(vec![1usize, 7, 64, 128]),
+        prompt in 0usize..40,
+        appended in 1usize..70,
+        seed in 0u64..1000,
+    )| {
+        // Values across f16's range, subnormals and ties included.
+        let val = |i: usize, salt: u64| {
+            let x = ((i as u64 * 2654435761 + salt * 97) % 20001) as f32 / 10000.0 - 1.0;
+            x * [1e-7f32, 1e-3, 1.0, 3e4][i % 4]
+        };
+        let rows = |n: usize, salt: u64| -> Vec<f32> { (0..n).map(|i| val(i, salt)).collect() };
+        let to_f16 = |v: &[f32]| v.iter().map(|&x| f16::from_f32(x)).collect::<Vec<f16>>();
+        let prompt_keys: Vec<Vec<f16>> = (0..heads).map(|h| to_f16(&rows(prompt * d, seed + h as u64))).collect();
+        // A small capacity: the appends grow it.
+        let mut kv = gpu.kv(heads, d, 1).unwrap();
+        let uploaded: Vec<(&[f16], &[f16])> = prompt_keys.iter().map(|k| (&k[..], &k[..])).collect();
+        gpu.upload_kv(&mut kv, &uploaded).unwrap();
+        let mut want_k: Vec<Vec<f16>> = prompt_keys.clone();
+        let mut want_v: Vec<Vec<f16>> = prompt_keys.clone();
+        for t in 0..appended {
+            let (key, value) = (rows(heads * d, seed + 1000 + t as u64), rows(heads * d, seed + 5000 + t as u64));
+            gpu.append_kv(&mut kv, &key, &value).unwrap();
+            for h in 0..heads {
+                want_k[h].extend(to_f16(&key[h * d..(h + 1) * d]));
+                want_v[h].extend(to_f16(&value[h * d..(h + 1) * d]));
+            }
+        }
+        prop_assert_eq!(kv.len(), prompt + appended);
+        for h in 0..heads {
+            let (k, v) = gpu.download_kv(&kv, h).unwrap();
+            let bits = |r: &[f16]| r.iter().map(|x| x.to_bits()).collect::<Vec<u16>>();
+            prop_assert_eq!(bits(&k), bits(&want_k[h]), "keys of head {}", h);
+            prop_assert_eq!(bits(&v), bits(&want_v[h]), "values of head {}", h);
+        }
+    });
+}
+
+#[test]
+fn clustering_every_head_at_once_builds_its_index() {
+    let Some(gpu) = gpu() else { return };
+    let config = ProptestConfig { cases: 12, ..ProptestConfig::default() };
+    proptest!(config, |(
+        heads in 1usize..4,
+        k in 1usize..50,
+        extra in 0usize..300,
+        first in 0usize..40,
+        d in prop::sample::select(vec![64usize, 128]),
+        seed in 0u64..1000,
+    )| {
+        let n = k + extra;
+        let val = |i: usize, salt: u64| ((i as u64 * 2654435761 + salt * 97) % 2001) as f32 / 1000.0 - 1.0;
+        let keys: Vec<Vec<f16>> = (0..heads)
+            .map(|h| (0..(first + n) * d).map(|i| f16::from_f32(val(i, seed + h as u64))).collect())
+            .collect();
+        let mut kv = gpu.kv(heads, d, first + n).unwrap();
+        let rows: Vec<(&[f16], &[f16])> = keys.iter().map(|k| (&k[..], &k[..])).collect();
+        gpu.upload_kv(&mut kv, &rows).unwrap();
+        // Rows first .. first + k start the clusters of every head.
+        let initial: Vec<f32> =
+            keys.iter().flat_map(|rows| rows[first * d..(first + k) * d].iter().map(|x| x.to_f32())).collect();
+        let clustering = gpu.cluster(&kv, first..first + n, &initial, 20).unwrap();
+        prop_assert_eq!(clustering.index.clusters(), k);
+        prop_assert_eq!(clustering.index.tokens(), n);
+        for (h, head_keys) in keys.iter().enumerate() {
+            let labels = gpu.download_labels(&clustering, h).unwrap();
+            let (centroids, sizes, offsets, members) = gpu.download_index(&clustering.index, h).unwrap();
+            // The index is the counting sort of the labels: members are token ids, grouped by
+            // cluster, ascending within each.
+            let mut want_sizes = vec![0u32; k];
+            for &l in &labels {
+                want_sizes[l as usize] += 1;
+            }
+            prop_assert_eq!(&sizes, &want_sizes);
+            for c in 0..k {
+                let want: Vec<u32> =
+                    (0..n).filter(|&i| labels[i] as usize == c).map(|i| (first + i) as u32).collect();
+                let start = offsets[c] as usize;
+                prop_assert_eq!(&members[start..start + sizes[c] as usize], &want[..], "cluster {} of head {}", c, h);
+                // A non-empty centroid is the mean of its members' keys.
+                for e in 0..d {
+                    if want.is_empty() {
+                        break;
+                    }
+                    let mean = want.iter().map(|&t| head_keys[t as usize * d + e].to_f32()).sum::<f32>()
+                        / want.len() as f32;
+                    prop_assert!((centroids[c * d + e] - mean).abs() <= 1e-4 * (1.0 + mean.abs()));
+                }
+            }
+        }
+    });
+}
+
+/// The decode pipeline on the GPU against the CPU on a synthetic trace: a batch of two
+/// sequences of different lengths, enough steps to cluster tail windows, every method the
+/// GPU backend takes under both GQA policies. Same selections; outputs within 1e-3.
+#[test]
+fn gpu_pipeline_matches_the_cpu_pipeline() {
+    let Some(gpu) = gpu() else { return };
+    let gpu = Arc::new(gpu);
+    let config = ProptestConfig { cases: 8, ..ProptestConfig::default() };
+    proptest!(config, |(
+        method in prop::sample::select(vec![Method::ClusterKv, Method::ClusterKv, Method::Dense]),
+        per_kv_head in any::<bool>(),
+        budget in prop::sample::select(vec![64usize, 300, 1024, 5000]),
+        shape in prop::sample::select(vec![(8usize, 2usize, 128usize), (9, 3, 64), (4, 4, 64)]),
+        seed in 0u64..1000,
+    )| {
+        let (hq, hkv, d) = shape;
+        let steps = 300;
+        let trace = Trace::generate(&TraceConfig {
+            context: 1500,
+            steps,
+            head_dim: d,
+            n_q_heads: hq,
+            n_kv_heads: hkv,
+            topics: 16,
+            seed,
+            ..TraceConfig::default()
+        })
+        .unwrap();
+        let policy = if per_kv_head { GqaPolicy::PerKvHead } else { GqaPolicy::PerQueryHead };
+        let select = SelectParams::new(method).budget(budget).gqa(policy).seed(seed);
+        let config = PipelineConfig::new(hq, hkv, d, select).validate().unwrap();
+        let mut cpu_layer = LayerPipeline::<f16>::new(config.clone());
+        let mut gpu_layer = LayerPipeline::<f16>::with_backend(config, Backend::Cuda(gpu.clone())).unwrap();
+        let prompts = [1500usize, 700];
+        let mut seqs = Vec::new();
+        for &p in &prompts {
+            let input = PrefillInput {
+                keys: trace.prefix(&trace.keys, p),
+                values: trace.prefix(&trace.values, p),
+                queries: None,
+            };
+            seqs.push((cpu_layer.prefill(input, None).unwrap(), gpu_layer.prefill(input, None).unwrap()));
+        }
+        let width = hq * d;
+        let (mut cpu_out, mut gpu_out) = (vec![0.0f32; 2 * width], vec![0.0f32; 2 * width]);
+        for step in 0..steps {
+            let inputs = |gpu_side: bool| -> Vec<DecodeInput<'_>> {
+                seqs.iter()
+                    .zip(&prompts)
+                    .map(|(&(c, g), &p)| DecodeInput {
+                        seq: if gpu_side { g } else { c },
+                        query: trace.query(step),
+                        key: trace.token(&trace.keys, p + step),
+                        value: trace.token(&trace.values, p + step),
+                    })
+                    .collect()
+            };
+            cpu_layer.decode(&inputs(false), &mut cpu_out).unwrap();
+            gpu_layer.decode(&inputs(true), &mut gpu_out).unwrap();
+            for (b, &(c, g)) in seqs.iter().enumerate() {
+                for q in 0..hq {
+                    prop_assert_eq!(
+                        cpu_layer.selection(c, q).unwrap(),
+                        gpu_layer.selection(g, q).unwrap(),
+                        "step {} sequence {} query head {}", step, b, q
+                    );
+                }
+                let err = relative_error(&gpu_out[b * width..(b + 1) * width], &cpu_out[b * width..(b + 1) * width]);
+                prop_assert!(err <= 1e-3, "step {} sequence {}: relative error {}", step, b, err);
+            }
+        }
+    });
+}
+
+#[test]
+fn gpu_backend_refuses_what_its_kernels_do_not_cover() {
+    let Some(gpu) = gpu() else { return };
+    let gpu = Arc::new(gpu);
+    let quest = PipelineConfig::new(8, 2, 128, SelectParams::new(Method::Quest)).validate().unwrap();
+    let err = LayerPipeline::<f16>::with_backend(quest, Backend::Cuda(gpu.clone())).err().unwrap();
+    assert!(err.to_string().contains("method"), "{err}");
+    let f32_kv = PipelineConfig::new(8, 2, 128, SelectParams::new(Method::ClusterKv)).validate().unwrap();
+    let err = LayerPipeline::<f32>::with_backend(f32_kv, Backend::Cuda(gpu.clone())).err().unwrap();
+    assert!(err.to_string().contains("f16"), "{err}");
+    let odd = PipelineConfig::new(5, 1, 96, SelectParams::new(Method::ClusterKv)).validate().unwrap();
+    let err = LayerPipeline::<f16>::with_backend(odd, Backend::Cuda(gpu)).err().unwrap();
+    assert!(err.to_string().contains("5 x 96"), "{err}");
 }

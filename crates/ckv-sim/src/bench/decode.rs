@@ -34,7 +34,7 @@ struct Head {
 }
 
 /// Rows of keys around `TOPICS` directions, values uniform, queries near one topic.
-fn synthetic_head(shape: &LayerShape, tokens: usize, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+pub(super) fn synthetic_head(shape: &LayerShape, tokens: usize, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (d, g) = (shape.head_dim, shape.group());
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let topics: Vec<f32> = (0..TOPICS * d).map(|_| rng.random_range(-1.0f32..1.0)).collect();

@@ -12,6 +12,8 @@
 
 mod decode;
 mod e2e;
+#[cfg(feature = "cuda")]
+mod gpu;
 mod memory;
 mod prefill;
 
@@ -23,6 +25,8 @@ use tracing::info;
 
 use crate::SimError;
 
+#[cfg(feature = "cuda")]
+pub use gpu::{GpuBenchConfig, GpuBenchReport, gpu_bench_tables, run_gpu_bench};
 pub use memory::{Flusher, copy_bandwidth, last_level_cache_bytes};
 
 /// The attention layer's shape.
@@ -251,6 +255,32 @@ pub fn run_bench(config: &BenchConfig, model: Option<(&Model, &[u32])>) -> Resul
     })
 }
 
+/// Appends the table of one case's records (nothing for none): `unit` is `s`, `ms` or
+/// `ms/token`.
+fn case_table(out: &mut String, rows: &[&BenchRecord], title: &str, unit: &str) {
+    if rows.is_empty() {
+        return;
+    }
+    let optional = |x: Option<f64>, digits: usize| x.map_or("-".to_owned(), |x| format!("{x:.digits$}"));
+    let _ = writeln!(out, "{title}\n");
+    let _ = writeln!(out, "| method | context | budget | median {unit} | x dense | bandwidth share |");
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
+    for r in rows {
+        let time = if unit == "s" { r.median_s } else { r.median_s * 1e3 };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {:.3} | {} | {} |",
+            r.method,
+            r.context,
+            r.budget.map_or("-".to_owned(), |b| b.to_string()),
+            time,
+            optional(r.ratio_to_dense, 2),
+            optional(r.bandwidth_share, 2),
+        );
+    }
+    out.push('\n');
+}
+
 /// The report as Markdown tables: one per case.
 pub fn bench_tables(report: &BenchReport) -> String {
     let mut out = String::new();
@@ -264,33 +294,13 @@ pub fn bench_tables(report: &BenchReport) -> String {
         report.threads,
         report.simd
     );
-    let optional = |x: Option<f64>, digits: usize| x.map_or("-".to_owned(), |x| format!("{x:.digits$}"));
     for (case, title, unit) in [
         ("decode_step", "Decode step, one layer (Hq 32, Hkv 8, d 128, f16), batch 1", "ms"),
         ("prefill", "Prefill: dense causal attention and clustering", "s"),
         ("e2e_decode", "End-to-end decode, real model, batch 1", "ms/token"),
     ] {
         let rows: Vec<&BenchRecord> = report.records.iter().filter(|r| r.case == case).collect();
-        if rows.is_empty() {
-            continue;
-        }
-        let _ = writeln!(out, "{title}\n");
-        let _ = writeln!(out, "| method | context | budget | median {unit} | x dense | bandwidth share |");
-        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
-        for r in rows {
-            let time = if unit == "s" { r.median_s } else { r.median_s * 1e3 };
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} | {:.3} | {} | {} |",
-                r.method,
-                r.context,
-                r.budget.map_or("-".to_owned(), |b| b.to_string()),
-                time,
-                optional(r.ratio_to_dense, 2),
-                optional(r.bandwidth_share, 2),
-            );
-        }
-        out.push('\n');
+        case_table(&mut out, &rows, title, unit);
     }
     out
 }

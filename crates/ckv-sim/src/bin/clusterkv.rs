@@ -51,6 +51,32 @@ enum Command {
     /// Quest) with ratios to dense and bandwidth shares, prefill clustering beside dense
     /// prefill attention, end-to-end decode tokens/s of the real model.
     Bench(BenchArgs),
+    /// The GPU benchmark (CUDA events): dense against ClusterKV decode steps at 32k and 128k,
+    /// budgets 1024 and 2048, the sparse attention kernels' bandwidth share, clustering one
+    /// layer at 32k. Needs the `cuda` feature, a GPU and NVRTC (`cargo xtask gpu-check`).
+    GpuBench(GpuBenchArgs),
+}
+
+#[derive(clap::Args)]
+struct GpuBenchArgs {
+    /// Contexts of the decode steps, comma separated (default 32768,131072).
+    #[arg(long, value_delimiter = ',')]
+    contexts: Vec<usize>,
+    /// Budgets of ClusterKV, comma separated (default 1024,2048).
+    #[arg(long, value_delimiter = ',')]
+    budgets: Vec<usize>,
+    /// Timed runs per case (default 30).
+    #[arg(long)]
+    reps: Option<usize>,
+    /// Context of the clustering case (default 32768).
+    #[arg(long)]
+    cluster_context: Option<usize>,
+    /// GPU ordinal.
+    #[arg(long, default_value_t = 0)]
+    device: usize,
+    /// Also write the records as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -289,6 +315,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Eval(args) => eval_command(args),
         Command::Generate(args) => generate_command(args),
         Command::Bench(args) => bench_command(args),
+        Command::GpuBench(args) => gpu_bench_command(args),
     }
 }
 
@@ -326,6 +353,38 @@ fn bench_command(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     eprintln!("bench done in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
+}
+
+#[cfg(feature = "cuda")]
+fn gpu_bench_command(args: GpuBenchArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let started = Instant::now();
+    let mut config = ckv_sim::GpuBenchConfig::full();
+    if !args.contexts.is_empty() {
+        config.contexts = args.contexts;
+    }
+    if !args.budgets.is_empty() {
+        config.budgets = args.budgets;
+    }
+    config.reps = args.reps.unwrap_or(config.reps);
+    config.cluster_context = args.cluster_context.unwrap_or(config.cluster_context);
+    config.validate()?;
+    let gpu = ckv_kernels::Gpu::open(args.device, &ckv_kernels::default_include_dirs())?;
+    eprintln!("GPU: {}", gpu.describe());
+    let report = ckv_sim::run_gpu_bench(&gpu, &config)?;
+    println!("{}", ckv_sim::gpu_bench_tables(&report));
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report.records)?)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    eprintln!("gpu-bench done in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn gpu_bench_command(_: GpuBenchArgs) -> Result<(), Box<dyn std::error::Error>> {
+    Err("this clusterkv was built without the `cuda` feature: run `cargo xtask gpu-check`, or build \
+         with `--features cuda`"
+        .into())
 }
 
 /// Loads the model and its tokenizer, with a hint when the default file is missing.

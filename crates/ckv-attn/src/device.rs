@@ -1,0 +1,201 @@
+//! The GPU backend of [`LayerPipeline`](crate::LayerPipeline) (feature `cuda`): every
+//! sequence keeps a device copy of its KV and cluster index, and each decode step appends
+//! the new K/V, selects and attends on the GPU through `ckv-kernels`. The host keeps the
+//! full KV as well: prefill, clustering (every full tail window too) and the accessors run
+//! there, and the index is uploaded whenever it grows, so both backends select alike.
+
+use std::sync::Arc;
+
+use ckv_cache::HeadKv;
+use ckv_cluster::{Element, RowData};
+use ckv_kernels::{
+    ATTENTION_SHAPES, DecodeScratch, DecodeStep, DeviceIndex, DeviceKv, Gpu, IndexParts, StepIds,
+};
+use ckv_select::{GqaPolicy, Method, Regions, Selector};
+
+use crate::{AttnError, ValidPipelineConfig};
+
+/// A GPU error as an [`AttnError`].
+fn gpu_error(e: ckv_kernels::KernelError) -> AttnError {
+    AttnError::Gpu(e.to_string())
+}
+
+/// The device side of a pipeline: the GPU and each sequence's device state, by sequence
+/// slot.
+pub(crate) struct DeviceTier {
+    gpu: Arc<Gpu>,
+    seqs: Vec<Option<DeviceSeq>>,
+}
+
+/// One sequence on the device.
+struct DeviceSeq {
+    kv: DeviceKv,
+    index: Option<DeviceIndex>,
+    /// Clusters per head in the uploaded index (0: none).
+    clusters: usize,
+    scratch: DecodeScratch,
+    /// The id lists of the last step, `[lists]`.
+    lists: Vec<Vec<u32>>,
+}
+
+impl DeviceTier {
+    /// The device side for `config`, refusing what the kernels do not cover: methods other
+    /// than dense and ClusterKV, f32 KV, and group sizes or head dimensions not
+    /// instantiated.
+    pub(crate) fn new<E: Element>(gpu: Arc<Gpu>, config: &ValidPipelineConfig) -> Result<Self, AttnError> {
+        let (g, d, method) = (config.group(), config.head_dim(), config.select().method());
+        let bad =
+            |name, value: String, expected: String| Err(AttnError::InvalidConfig { name, value, expected });
+        if !matches!(method, Method::Dense | Method::ClusterKv) {
+            return bad("method", method.to_string(), "dense or clusterkv on the GPU backend".into());
+        }
+        if !matches!(E::row_data(&[]), RowData::F16(_)) {
+            return bad("KV element", "f32".into(), "f16 on the GPU backend".into());
+        }
+        let rows = match config.select().gqa() {
+            GqaPolicy::PerQueryHead if method == Method::ClusterKv => 1,
+            _ => g,
+        };
+        if !ATTENTION_SHAPES.contains(&(rows, d)) || !ATTENTION_SHAPES.contains(&(g, d)) {
+            return bad(
+                "group and head_dim",
+                format!("{g} x {d}"),
+                format!("one of the GPU attention shapes {ATTENTION_SHAPES:?}"),
+            );
+        }
+        Ok(Self { gpu, seqs: Vec::new() })
+    }
+
+    /// Sends the KV and index of sequence `slot` to the device, once its prefill is done.
+    pub(crate) fn upload<E: Element>(
+        &mut self,
+        slot: usize,
+        heads: &[(&HeadKv<E>, &dyn Selector<E>)],
+        capacity: usize,
+    ) -> Result<(), AttnError> {
+        let gpu = &self.gpu;
+        let d = heads.first().map_or(1, |(kv, _)| kv.d());
+        let mut kv = gpu
+            .kv(heads.len(), d, capacity.max(heads.first().map_or(0, |(kv, _)| kv.len() + 1)))
+            .map_err(gpu_error)?;
+        let rows: Vec<(&[half::f16], &[half::f16])> =
+            heads.iter().map(|(kv, _)| (f16_rows(kv.keys()), f16_rows(kv.values()))).collect();
+        gpu.upload_kv(&mut kv, &rows).map_err(gpu_error)?;
+        let mut seq = DeviceSeq {
+            kv,
+            index: None,
+            clusters: 0,
+            scratch: gpu.scratch().map_err(gpu_error)?,
+            lists: Vec::new(),
+        };
+        refresh_index(gpu, &mut seq, heads)?;
+        if self.seqs.len() <= slot {
+            self.seqs.resize_with(slot + 1, || None);
+        }
+        self.seqs[slot] = Some(seq);
+        Ok(())
+    }
+
+    /// Forgets sequence `slot`, freeing its device memory.
+    pub(crate) fn remove(&mut self, slot: usize) {
+        if let Some(seq) = self.seqs.get_mut(slot) {
+            *seq = None;
+        }
+    }
+
+    /// One decode step of sequence `slot` on the GPU, after the host appended the K/V and
+    /// grew the index: writes `[Hq, d]` into `out` and the step's sorted id lists into
+    /// `selections` of each head.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn decode<E: Element>(
+        &mut self,
+        slot: usize,
+        config: &ValidPipelineConfig,
+        heads: &[(&HeadKv<E>, &dyn Selector<E>)],
+        selections: &mut [&mut Vec<Vec<u32>>],
+        regions: Regions,
+        key: &[f32],
+        value: &[f32],
+        query: &[f32],
+        out: &mut [f32],
+    ) -> Result<(), AttnError> {
+        let gpu = &self.gpu;
+        let seq = self
+            .seqs
+            .get_mut(slot)
+            .and_then(Option::as_mut)
+            .ok_or_else(|| AttnError::Gpu(format!("sequence slot {slot} has no device state")))?;
+        gpu.append_kv(&mut seq.kv, key, value).map_err(gpu_error)?;
+        refresh_index(gpu, seq, heads)?;
+        let select = config.select();
+        let clustered = regions.clustered();
+        let ids = match select.method() {
+            Method::Dense => StepIds::Dense,
+            _ => StepIds::Clustered {
+                sink: regions.sink().len(),
+                clustered_end: clustered.end as usize,
+                chosen: regions.selected_count(select.budget()),
+            },
+        };
+        let step = DecodeStep {
+            group: config.group(),
+            per_kv_head: select.gqa() == GqaPolicy::PerKvHead,
+            current: regions.current() as usize,
+            ids,
+            scale: config.scale(),
+        };
+        gpu.decode_step(&seq.kv, seq.index.as_ref(), &step, query, &mut seq.scratch).map_err(gpu_error)?;
+        gpu.read_output(&seq.scratch, out).map_err(gpu_error)?;
+        let per_head = selections.first().map_or(1, |s| s.len());
+        if ids == StepIds::Dense {
+            for list in selections.iter_mut().flat_map(|s| s.iter_mut()) {
+                list.clear();
+                list.extend(0..=regions.current());
+            }
+            return Ok(());
+        }
+        seq.lists.resize_with(step.lists(heads.len()), Vec::new);
+        gpu.read_ids(&seq.scratch, &mut seq.lists).map_err(gpu_error)?;
+        for (h, head) in selections.iter_mut().enumerate() {
+            for (j, list) in head.iter_mut().enumerate() {
+                list.clone_from(&seq.lists[h * per_head + j]);
+                list.sort_unstable();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Uploads the heads' index when it has grown since the last upload.
+fn refresh_index<E: Element>(
+    gpu: &Gpu,
+    seq: &mut DeviceSeq,
+    heads: &[(&HeadKv<E>, &dyn Selector<E>)],
+) -> Result<(), AttnError> {
+    let indexes: Vec<_> = heads.iter().filter_map(|(_, s)| s.index()).collect();
+    let clusters = indexes.first().map_or(0, |i| i.n_clusters());
+    if indexes.len() != heads.len() || clusters == seq.clusters {
+        return Ok(());
+    }
+    let d = indexes[0].d();
+    let parts: Vec<IndexParts<'_>> = indexes
+        .iter()
+        .map(|i| IndexParts {
+            centroids: i.centroids(),
+            sizes: i.sizes(),
+            offsets: i.offsets(),
+            members: i.members(),
+        })
+        .collect();
+    seq.index = Some(gpu.upload_index(&parts, d).map_err(gpu_error)?);
+    seq.clusters = clusters;
+    Ok(())
+}
+
+/// Rows of a store whose element is f16 ([`DeviceTier::new`] refuses any other).
+fn f16_rows<E: Element>(rows: &[E]) -> &[half::f16] {
+    match E::row_data(rows) {
+        RowData::F16(rows) => rows,
+        RowData::F32(_) => &[],
+    }
+}

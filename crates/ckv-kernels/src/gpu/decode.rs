@@ -1,0 +1,432 @@
+//! One decode step of one sequence on the device: the id lists (ClusterKV's selection
+//! kernel, or the whole clustered region), then flash-decoding attention over them (or over
+//! every row, dense) and the merge of its chunks.
+
+use cudarc::driver::{CudaSlice, PushKernelArg};
+
+use super::index::{MAX_CLUSTERS, MAX_D};
+use super::{Gpu, driver, grid, int};
+use crate::{DeviceIndex, DeviceKv, KernelError};
+
+/// Threads of an attention block (4 warps), as in `attention.cu`.
+const ATTENTION_THREADS: u32 = 128;
+
+/// Threads of a selection block, as in `select.cu`.
+const SELECT_THREADS: u32 = 1024;
+
+/// Group sizes and head dimensions `attention.cu` instantiates.
+pub const ATTENTION_SHAPES: [(usize, usize); 9] =
+    [(1, 64), (2, 64), (3, 64), (4, 64), (1, 128), (2, 128), (3, 128), (4, 128), (8, 128)];
+
+/// The fewest ids an attention block takes: fewer would leave its warps idle.
+const MIN_CHUNK: usize = 32;
+
+/// Which KV rows a step attends to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepIds {
+    /// Every row `0..=current`.
+    Dense,
+    /// The sink `[0, sink)`, `chosen` ids of the clustered region `[sink, clustered_end)`
+    /// (the whole region when `chosen` is its size, else ranked by the index), the tail
+    /// `[clustered_end, current)` and the current token.
+    Clustered {
+        /// Sink tokens `s`.
+        sink: usize,
+        /// End of the clustered region `c`.
+        clustered_end: usize,
+        /// Ids taken from the clustered region.
+        chosen: usize,
+    },
+}
+
+/// The shape of one decode step of one sequence.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DecodeStep {
+    /// Query heads per KV head, `g`.
+    pub group: usize,
+    /// One selection per KV head from the group's summed queries (`PerKvHead`), or one per
+    /// query head (`PerQueryHead`).
+    pub per_kv_head: bool,
+    /// The current token's position `t` (its K/V already appended).
+    pub current: usize,
+    /// The rows attended to.
+    pub ids: StepIds,
+    /// The softmax scale.
+    pub scale: f32,
+}
+
+impl DecodeStep {
+    /// Id lists of the step: one per KV head, or per query head under `PerQueryHead`.
+    pub fn lists(&self, kv_heads: usize) -> usize {
+        match self.ids {
+            StepIds::Clustered { .. } if !self.per_kv_head => kv_heads * self.group,
+            _ => kv_heads,
+        }
+    }
+
+    /// Ids in each list.
+    pub fn attended(&self) -> usize {
+        match self.ids {
+            StepIds::Dense => self.current + 1,
+            StepIds::Clustered { sink, clustered_end, chosen } => {
+                sink + chosen + self.current.saturating_sub(clustered_end) + 1
+            }
+        }
+    }
+}
+
+/// One launch of the selection kernel.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Selection {
+    /// Query rows summed per list.
+    pub rows: usize,
+    /// Lists, a multiple of the index's heads.
+    pub lists: usize,
+    /// Ids each list takes.
+    pub chosen: usize,
+    /// Ids from one list to the next.
+    pub stride: usize,
+    /// Where in its list the chosen ids start.
+    pub offset: usize,
+}
+
+/// Device buffers of decode steps, grown on demand and reused: the queries, the id lists,
+/// the chunks' partial results and the output.
+pub struct DecodeScratch {
+    pub(super) queries: CudaSlice<f32>,
+    pub(super) ids: CudaSlice<u32>,
+    pub(super) n_ids: CudaSlice<i32>,
+    part_out: CudaSlice<f32>,
+    part_max: CudaSlice<f32>,
+    part_sum: CudaSlice<f32>,
+    out: CudaSlice<f32>,
+    /// Lists of the last step, ids per list, and whether they were written.
+    lists: usize,
+    attended: usize,
+    has_ids: bool,
+}
+
+/// A buffer of at least `len` elements: `buffer` itself when long enough.
+fn at_least<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+    gpu: &Gpu,
+    buffer: &mut CudaSlice<T>,
+    len: usize,
+) -> Result<(), KernelError> {
+    if buffer.len() < len {
+        *buffer = gpu.stream.alloc_zeros(len.next_power_of_two()).map_err(driver)?;
+    }
+    Ok(())
+}
+
+impl Gpu {
+    /// Empty decode buffers; the first steps size them.
+    pub fn scratch(&self) -> Result<DecodeScratch, KernelError> {
+        let s = &self.stream;
+        let one = || s.alloc_zeros::<f32>(1).map_err(driver);
+        Ok(DecodeScratch {
+            queries: one()?,
+            ids: s.alloc_zeros(1).map_err(driver)?,
+            n_ids: s.alloc_zeros(1).map_err(driver)?,
+            part_out: one()?,
+            part_max: one()?,
+            part_sum: one()?,
+            out: one()?,
+            lists: 0,
+            attended: 0,
+            has_ids: false,
+        })
+    }
+
+    /// Sends one decode step of one sequence to the GPU: `queries` `[heads * group, d]`
+    /// f32 after RoPE; the KV holds the current token. ClusterKV ranks with `index` when
+    /// the step takes fewer ids than the clustered region holds. The output `[Hq, d]` and
+    /// the id lists stay on the device until [`read_output`](Self::read_output) and
+    /// [`read_ids`](Self::read_ids).
+    pub fn decode_step(
+        &self,
+        kv: &DeviceKv,
+        index: Option<&DeviceIndex>,
+        step: &DecodeStep,
+        queries: &[f32],
+        scratch: &mut DecodeScratch,
+    ) -> Result<(), KernelError> {
+        let (heads, d, g) = (kv.heads(), kv.d(), step.group);
+        if queries.len() != heads * g * d || step.current >= kv.len() {
+            return Err(KernelError::Shape(format!(
+                "{} query values for {heads} x {g} heads of dimension {d}; current token {} of {} stored",
+                queries.len(),
+                step.current,
+                kv.len()
+            )));
+        }
+        let s = &self.stream;
+        at_least(self, &mut scratch.queries, queries.len())?;
+        s.memcpy_htod(queries, &mut scratch.queries.slice_mut(..queries.len())).map_err(driver)?;
+        let (lists, attended) = (step.lists(heads), step.attended());
+        at_least(self, &mut scratch.n_ids, lists)?;
+        scratch.has_ids = step.ids != StepIds::Dense;
+        if scratch.has_ids {
+            at_least(self, &mut scratch.ids, lists * attended)?;
+        }
+        (scratch.lists, scratch.attended) = (lists, attended);
+        self.step_ids(index, step, heads, lists, scratch)?;
+        self.attend(kv, step, scratch)
+    }
+
+    /// The attention of the last [`decode_step`](Self::decode_step) again, over the id
+    /// lists and queries it left in `scratch`: the attention kernels alone, as the GPU
+    /// benchmark times them.
+    pub fn attend(
+        &self,
+        kv: &DeviceKv,
+        step: &DecodeStep,
+        scratch: &mut DecodeScratch,
+    ) -> Result<(), KernelError> {
+        let (heads, d, g) = (kv.heads(), kv.d(), step.group);
+        let (lists, attended) = (step.lists(heads), step.attended());
+        if (lists, attended) != (scratch.lists, scratch.attended) {
+            return Err(KernelError::Shape(format!(
+                "a step of {lists} lists of {attended} ids over buffers of {} lists of {}",
+                scratch.lists, scratch.attended
+            )));
+        }
+        // Sparse steps under PerQueryHead: one list per query head, each read alone.
+        let (work_heads, rows, heads_per_kv) = if lists == heads { (heads, g, 1) } else { (lists, 1, g) };
+        if !ATTENTION_SHAPES.contains(&(rows, d)) {
+            return Err(KernelError::Shape(format!(
+                "group {rows} x d {d}: instantiated are {ATTENTION_SHAPES:?}"
+            )));
+        }
+        let target_blocks = 4 * self.multiprocessors;
+        let chunks = target_blocks.div_ceil(work_heads).clamp(1, attended.div_ceil(MIN_CHUNK).max(1));
+        let chunk_len = attended.div_ceil(chunks);
+        let has_ids = scratch.has_ids;
+        self.attention_into(
+            kv,
+            heads_per_kv,
+            work_heads,
+            rows,
+            has_ids,
+            attended,
+            chunk_len,
+            step.scale,
+            scratch,
+        )
+    }
+
+    /// Writes the id lists of a step (or only their lengths, for a dense step).
+    fn step_ids(
+        &self,
+        index: Option<&DeviceIndex>,
+        step: &DecodeStep,
+        heads: usize,
+        lists: usize,
+        scratch: &mut DecodeScratch,
+    ) -> Result<(), KernelError> {
+        let s = &self.stream;
+        let (sink, clustered_end, chosen) = match step.ids {
+            StepIds::Dense => (0, 0, 0),
+            StepIds::Clustered { sink, clustered_end, chosen } => (sink, clustered_end, chosen),
+        };
+        if sink > clustered_end || clustered_end > step.current || chosen > clustered_end - sink {
+            return Err(KernelError::Shape(format!(
+                "regions: sink {sink}, clustered end {clustered_end}, current {}, {chosen} chosen",
+                step.current
+            )));
+        }
+        let rank = scratch.has_ids && chosen < clustered_end - sink;
+        let stride = int("ids per list", scratch.attended)?;
+        if rank {
+            let index = index.ok_or_else(|| KernelError::Shape("a ranked step without an index".into()))?;
+            if index.heads() != heads || index.tokens() != clustered_end - sink {
+                return Err(KernelError::Shape(format!(
+                    "an index of {} heads, {} tokens for a clustered region of {} tokens",
+                    index.heads(),
+                    index.tokens(),
+                    clustered_end - sink
+                )));
+            }
+            let rows = if step.per_kv_head { step.group } else { 1 };
+            let selection = Selection { rows, lists, chosen, stride: scratch.attended, offset: sink };
+            self.launch_select(index, &scratch.queries, &selection, &mut scratch.ids)?;
+        }
+        let f = self.function("kv", "step_ids")?;
+        let fill = i32::from(!rank);
+        let (sink_i, chosen_i, end_i, current_i) = (
+            int("sink", sink)?,
+            int("chosen", chosen)?,
+            int("clustered end", clustered_end)?,
+            int("current", step.current)?,
+        );
+        let null = 0u64;
+        let mut l = s.launch_builder(&f);
+        if scratch.has_ids {
+            l.arg(&mut scratch.ids);
+        } else {
+            l.arg(&null);
+        }
+        l.arg(&stride)
+            .arg(&sink_i)
+            .arg(&chosen_i)
+            .arg(&fill)
+            .arg(&end_i)
+            .arg(&current_i)
+            .arg(&mut scratch.n_ids);
+        // SAFETY: the arguments match `step_ids`; one block per list of `stride` ids, each
+        // holding sink + chosen + tail + 1 = `attended` ids; ids null for a dense step.
+        #[allow(unsafe_code)]
+        unsafe { l.launch(grid(lists, 1, 256, 0)) }.map_err(driver)?;
+        Ok(())
+    }
+
+    /// ClusterKV's selection kernel: list `i` sums its `rows` query rows, ranks the clusters
+    /// of KV head `i / (lists / heads)` and writes `chosen` ids, the last cluster cut, from
+    /// position `offset` of its `stride` ids in `ids`.
+    pub(super) fn launch_select(
+        &self,
+        index: &DeviceIndex,
+        queries: &CudaSlice<f32>,
+        selection: &Selection,
+        ids: &mut CudaSlice<u32>,
+    ) -> Result<(), KernelError> {
+        let Selection { rows, lists, chosen, stride, offset } = *selection;
+        let (k, n, d, heads) = (index.clusters(), index.tokens(), index.d(), index.heads());
+        if k > MAX_CLUSTERS
+            || d > MAX_D
+            || chosen > n
+            || !lists.is_multiple_of(heads)
+            || offset + chosen > stride
+            || queries.len() < lists * rows * d
+            || ids.len() < lists * stride
+        {
+            return Err(KernelError::Shape(format!(
+                "{lists} selections of {chosen} ids from {heads} heads of {k} clusters over {n} tokens"
+            )));
+        }
+        let f = self.function("select", "clusterkv_select")?;
+        let per_head = int("selections per head", lists / heads)?;
+        let (rows_i, d_i, k_i, chosen_i) =
+            (int("rows", rows)?, int("d", d)?, int("clusters", k)?, int("chosen", chosen)?);
+        let (stride_i, offset_i) = (int("ids per list", stride)?, int("offset", offset)?);
+        let (c_stride, m_stride, i_stride) = ((k * d) as i64, n as i64, k as i64);
+        let mut l = self.stream.launch_builder(&f);
+        l.arg(queries).arg(&rows_i).arg(&d_i).arg(&index.centroids).arg(&c_stride).arg(&per_head);
+        l.arg(&index.sizes).arg(&index.offsets).arg(&index.members).arg(&m_stride).arg(&i_stride);
+        l.arg(&k_i).arg(&chosen_i).arg(ids).arg(&stride_i).arg(&offset_i);
+        // SAFETY: the arguments match `clusterkv_select` in order and type; one block per
+        // list; k <= 4096 and d <= 256 fit its shared arrays; the queries and every list's
+        // room from `offset` were checked above; an index's offsets and sizes stay inside
+        // its members (checked when it was uploaded, or built by k-means).
+        #[allow(unsafe_code)]
+        unsafe { l.launch(grid(lists, 1, SELECT_THREADS, 0)) }.map_err(driver)?;
+        Ok(())
+    }
+
+    /// Attention of `work_heads` heads of `rows` query rows each (head h reads KV head
+    /// `h / heads_per_kv`) over their id lists in `scratch` (`attended` apart; rows
+    /// `0..n_ids[h]` without ids), in chunks of `chunk_len`, merged into `scratch.out`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn attention_into(
+        &self,
+        kv: &DeviceKv,
+        heads_per_kv: usize,
+        work_heads: usize,
+        rows: usize,
+        has_ids: bool,
+        attended: usize,
+        chunk_len: usize,
+        scale: f32,
+        scratch: &mut DecodeScratch,
+    ) -> Result<(), KernelError> {
+        let d = kv.d();
+        let chunk_len = chunk_len.max(1);
+        let chunks = attended.div_ceil(chunk_len).max(1);
+        at_least(self, &mut scratch.part_out, work_heads * rows * chunks * d)?;
+        at_least(self, &mut scratch.part_max, work_heads * rows * chunks)?;
+        at_least(self, &mut scratch.part_sum, work_heads * rows * chunks)?;
+        at_least(self, &mut scratch.out, work_heads * rows * d)?;
+        let s = &self.stream;
+        let chunk = self.function("attention", &format!("attention_chunk_g{rows}_d{d}"))?;
+        let merge = self.function("attention", &format!("attention_merge_d{d}"))?;
+        let (head_stride, heads_per_kv) = (kv.head_stride() as i64, int("heads per KV head", heads_per_kv)?);
+        let (ids_stride, chunk_len_i, chunks_i) =
+            (int("ids", attended)?, int("chunk", chunk_len)?, int("chunks", chunks)?);
+        let null = 0u64;
+        let mut l = s.launch_builder(&chunk);
+        l.arg(&kv.keys).arg(&kv.values).arg(&head_stride).arg(&heads_per_kv).arg(&scratch.queries);
+        if has_ids {
+            l.arg(&scratch.ids);
+        } else {
+            l.arg(&null);
+        }
+        l.arg(&ids_stride).arg(&scratch.n_ids).arg(&chunk_len_i).arg(&scale);
+        l.arg(&mut scratch.part_out).arg(&mut scratch.part_max).arg(&mut scratch.part_sum);
+        // SAFETY: the arguments match `attention_chunk_g{rows}_d{d}` in order and type;
+        // n_ids holds one length per work head, each at most `attended` and every id below
+        // the KV's rows (lists of ranges and index members); the part buffers hold
+        // work_heads * rows * chunks rows.
+        #[allow(unsafe_code)]
+        unsafe { l.launch(grid(chunks, work_heads, ATTENTION_THREADS, 0)) }.map_err(driver)?;
+        let mut l = s.launch_builder(&merge);
+        l.arg(&scratch.part_out)
+            .arg(&scratch.part_max)
+            .arg(&scratch.part_sum)
+            .arg(&chunks_i)
+            .arg(&mut scratch.out);
+        // SAFETY: the arguments match `attention_merge_d{d}`; work_heads * rows rows of
+        // `chunks` parts.
+        #[allow(unsafe_code)]
+        unsafe { l.launch(grid(work_heads * rows, 1, d as u32, 0)) }.map_err(driver)?;
+        Ok(())
+    }
+
+    /// Copies the output of the last step, `[Hq, d]`, into `out`.
+    pub fn read_output(&self, scratch: &DecodeScratch, out: &mut [f32]) -> Result<(), KernelError> {
+        if out.len() > scratch.out.len() {
+            return Err(KernelError::Shape(format!("{} outputs asked of {}", out.len(), scratch.out.len())));
+        }
+        self.stream.memcpy_dtoh(&scratch.out.slice(..out.len()), out).map_err(driver)
+    }
+
+    /// Copies the id lists of the last (sparse) step into `lists`, one per list, each in
+    /// the order the attention read them: sink, chosen (in rank order), tail, current.
+    pub fn read_ids(&self, scratch: &DecodeScratch, lists: &mut [Vec<u32>]) -> Result<(), KernelError> {
+        if !scratch.has_ids || lists.len() != scratch.lists {
+            return Err(KernelError::Shape(format!(
+                "{} lists asked of a step with {}",
+                lists.len(),
+                if scratch.has_ids { scratch.lists } else { 0 }
+            )));
+        }
+        let flat =
+            self.stream.clone_dtoh(&scratch.ids.slice(..scratch.lists * scratch.attended)).map_err(driver)?;
+        for (list, ids) in lists.iter_mut().zip(flat.chunks_exact(scratch.attended)) {
+            list.clear();
+            list.extend_from_slice(ids);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(ids: StepIds, per_kv_head: bool) -> DecodeStep {
+        DecodeStep { group: 4, per_kv_head, current: 1000, ids, scale: 1.0 }
+    }
+
+    #[test]
+    fn lists_and_ids_of_a_step() {
+        let dense = step(StepIds::Dense, false);
+        assert_eq!((dense.lists(8), dense.attended()), (8, 1001));
+        // Sink 16, clustered [16, 900), tail [900, 1000), the current token.
+        let sparse = StepIds::Clustered { sink: 16, clustered_end: 900, chosen: 300 };
+        assert_eq!(step(sparse, true).lists(8), 8);
+        assert_eq!(step(sparse, false).lists(8), 32);
+        assert_eq!(step(sparse, false).attended(), 16 + 300 + 100 + 1);
+        // A clustered end past the current token is refused later, never underflows here.
+        let bad = StepIds::Clustered { sink: 16, clustered_end: 2000, chosen: 0 };
+        assert_eq!(step(bad, true).attended(), 17);
+    }
+}

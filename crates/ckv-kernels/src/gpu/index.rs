@@ -1,0 +1,263 @@
+//! Cluster indexes on the device: uploaded from the CPU's CSR layout, or built on the GPU
+//! by k-means over a range of a device KV.
+
+use std::ops::Range;
+
+use cudarc::driver::{CudaSlice, PushKernelArg};
+
+use super::{Gpu, driver, grid, int};
+use crate::{DeviceKv, KernelError};
+
+/// Most clusters one head's index may have: the selection kernel ranks up to this many in
+/// shared memory, and `kmeans_sizes` counts them there.
+pub(super) const MAX_CLUSTERS: usize = 4096;
+
+/// Largest head dimension of the selection kernel's shared query.
+pub(super) const MAX_D: usize = 256;
+
+/// Rows of a k-means assignment block and centroids per shared-memory tile (`kmeans.cu`).
+const ASSIGN_ROWS: usize = 32;
+const ASSIGN_CENTROIDS: usize = 32;
+
+/// One head's cluster index in the CSR layout of `ckv_index::ClusterIndex`.
+#[derive(Debug, Clone, Copy)]
+pub struct IndexParts<'a> {
+    /// Centroids `[clusters, d]`.
+    pub centroids: &'a [f32],
+    /// Members per cluster `[clusters]`.
+    pub sizes: &'a [u32],
+    /// Where each cluster's members start (at least `clusters` values; a trailing total is
+    /// ignored).
+    pub offsets: &'a [u32],
+    /// Token ids, grouped by cluster.
+    pub members: &'a [u32],
+}
+
+/// The cluster index of every KV head of a sequence on the device; every head has the same
+/// number of clusters and of clustered tokens, as ClusterKV's clusterings give them.
+pub struct DeviceIndex {
+    pub(super) centroids: CudaSlice<f32>,
+    pub(super) sizes: CudaSlice<u32>,
+    pub(super) offsets: CudaSlice<u32>,
+    pub(super) members: CudaSlice<u32>,
+    heads: usize,
+    clusters: usize,
+    tokens: usize,
+    d: usize,
+}
+
+impl DeviceIndex {
+    /// KV heads.
+    pub fn heads(&self) -> usize {
+        self.heads
+    }
+
+    /// Clusters per head.
+    pub fn clusters(&self) -> usize {
+        self.clusters
+    }
+
+    /// Clustered tokens per head.
+    pub fn tokens(&self) -> usize {
+        self.tokens
+    }
+
+    /// Head dimension.
+    pub fn d(&self) -> usize {
+        self.d
+    }
+}
+
+/// A k-means run on the GPU: the index it built and every token's label.
+pub struct DeviceClustering {
+    /// The index: centroids are the means of their members' keys.
+    pub index: DeviceIndex,
+    /// Labels `[heads, tokens]`.
+    labels: CudaSlice<u32>,
+    /// Update rounds run (the most of any head).
+    pub iterations: usize,
+}
+
+/// Host copies of a device index and labels, per head.
+pub type IndexDownload = (Vec<f32>, Vec<u32>, Vec<u32>, Vec<u32>);
+
+impl Gpu {
+    /// Uploads the index of every head; they must agree in clusters, tokens and `d`.
+    pub fn upload_index(&self, heads: &[IndexParts<'_>], d: usize) -> Result<DeviceIndex, KernelError> {
+        let first = heads.first().ok_or_else(|| KernelError::Shape("an index of no heads".into()))?;
+        let (clusters, tokens) = (first.sizes.len(), first.members.len());
+        if clusters == 0 || clusters > MAX_CLUSTERS || d == 0 || d > MAX_D {
+            return Err(KernelError::Shape(format!(
+                "{clusters} clusters of dimension {d}: at most {MAX_CLUSTERS} of at most {MAX_D}"
+            )));
+        }
+        for (h, p) in heads.iter().enumerate() {
+            let total: usize = p.sizes.iter().map(|&s| s as usize).sum();
+            let bad_offset = p.offsets.iter().zip(p.sizes).any(|(&o, &s)| o as usize + s as usize > tokens);
+            if p.sizes.len() != clusters
+                || p.centroids.len() != clusters * d
+                || p.offsets.len() < clusters
+                || p.members.len() != tokens
+                || total != tokens
+                || bad_offset
+            {
+                return Err(KernelError::Shape(format!(
+                    "head {h}: {} clusters, {} centroid values, {} offsets, {} members (sizes sum to \
+                     {total}) against {clusters} clusters of {tokens} tokens, d {d}",
+                    p.sizes.len(),
+                    p.centroids.len(),
+                    p.offsets.len(),
+                    p.members.len()
+                )));
+            }
+        }
+        let s = &self.stream;
+        let flat = |part: &dyn Fn(&IndexParts<'_>) -> Vec<u32>| -> Vec<u32> {
+            heads.iter().flat_map(part).collect()
+        };
+        let centroids: Vec<f32> = heads.iter().flat_map(|p| p.centroids.iter().copied()).collect();
+        // A device buffer is never empty: an index of no tokens keeps one unused member.
+        let mut members = flat(&|p| p.members.to_vec());
+        if members.is_empty() {
+            members.push(0);
+        }
+        Ok(DeviceIndex {
+            centroids: s.clone_htod(&centroids).map_err(driver)?,
+            sizes: s.clone_htod(&flat(&|p| p.sizes.to_vec())).map_err(driver)?,
+            offsets: s.clone_htod(&flat(&|p| p.offsets[..clusters].to_vec())).map_err(driver)?,
+            members: s.clone_htod(&members).map_err(driver)?,
+            heads: heads.len(),
+            clusters,
+            tokens,
+            d,
+        })
+    }
+
+    /// Host copies of head `head` of an index: centroids, sizes, offsets, members.
+    pub fn download_index(&self, index: &DeviceIndex, head: usize) -> Result<IndexDownload, KernelError> {
+        if head >= index.heads {
+            return Err(KernelError::Shape(format!("head {head} of {}", index.heads)));
+        }
+        let (k, n, d) = (index.clusters, index.tokens, index.d);
+        let s = &self.stream;
+        Ok((
+            s.clone_dtoh(&index.centroids.slice(head * k * d..(head + 1) * k * d)).map_err(driver)?,
+            s.clone_dtoh(&index.sizes.slice(head * k..(head + 1) * k)).map_err(driver)?,
+            s.clone_dtoh(&index.offsets.slice(head * k..(head + 1) * k)).map_err(driver)?,
+            s.clone_dtoh(&index.members.slice(head * n..(head + 1) * n)).map_err(driver)?,
+        ))
+    }
+
+    /// The labels of head `head` of a clustering.
+    pub fn download_labels(
+        &self,
+        clustering: &DeviceClustering,
+        head: usize,
+    ) -> Result<Vec<u32>, KernelError> {
+        let n = clustering.index.tokens;
+        if head >= clustering.index.heads {
+            return Err(KernelError::Shape(format!("head {head} of {}", clustering.index.heads)));
+        }
+        self.stream.clone_dtoh(&clustering.labels.slice(head * n..(head + 1) * n)).map_err(driver)
+    }
+
+    /// k-means of the keys of `tokens` of every head of `kv`, as `ckv_cluster::kmeans` runs
+    /// it: rows normalised; assign by best cosine (ties to the lower id), then update each
+    /// non-empty centroid to the mean of its members' raw keys (f32 sums in member order)
+    /// and re-assign, until no label of any head changes or `max_iters` rounds. `initial`
+    /// holds the starting centroids `[heads, k, d]`. Members are token ids.
+    pub fn cluster(
+        &self,
+        kv: &DeviceKv,
+        tokens: Range<usize>,
+        initial: &[f32],
+        max_iters: usize,
+    ) -> Result<DeviceClustering, KernelError> {
+        let (heads, d, n) = (kv.heads(), kv.d(), tokens.len());
+        let k = initial.len() / (heads * d);
+        if k == 0 || k > MAX_CLUSTERS || n < k || initial.len() != heads * k * d || tokens.end > kv.len() {
+            return Err(KernelError::Shape(format!(
+                "tokens {tokens:?} of {} into {k} clusters ({} initial values) of dimension {d}, {heads} heads",
+                kv.len(),
+                initial.len()
+            )));
+        }
+        let s = &self.stream;
+        let mut x = s.alloc_zeros::<f32>(heads * n * d).map_err(driver)?;
+        let mut xn = s.alloc_zeros::<f32>(heads * n * d).map_err(driver)?;
+        let mut centroids = s.clone_htod(initial).map_err(driver)?;
+        let mut cn = s.alloc_zeros::<f32>(heads * k * d).map_err(driver)?;
+        let mut labels = s.clone_htod(&vec![u32::MAX; heads * n]).map_err(driver)?;
+        let mut sizes = s.alloc_zeros::<u32>(heads * k).map_err(driver)?;
+        let mut offsets = s.alloc_zeros::<u32>(heads * k).map_err(driver)?;
+        let mut members = s.alloc_zeros::<u32>(heads * n).map_err(driver)?;
+        let mut changed = s.alloc_zeros::<u32>(heads).map_err(driver)?;
+        let (n_i, k_i, d_i) = (int("tokens", n)?, int("clusters", k)?, int("d", d)?);
+        let first = u32::try_from(tokens.start).map_err(|_| KernelError::Shape(format!("{tokens:?}")))?;
+        let stride = kv.head_stride() as i64;
+        let normalize = self.function("kmeans", "kmeans_normalize")?;
+        let assign = self.function("kmeans", "kmeans_assign")?;
+        let count = self.function("kmeans", "kmeans_sizes")?;
+        let list = self.function("kmeans", "kmeans_members")?;
+        let update = self.function("kmeans", "kmeans_update")?;
+        let keys = kv.keys.slice(tokens.start * d..);
+        let mut round = |first_round: bool| -> Result<bool, KernelError> {
+            // SAFETY (every launch): the arguments match the kernels of `kmeans.cu` in order
+            // and type, for `heads` heads (blockIdx.y, or blockIdx.x for kmeans_sizes) of n
+            // rows, k <= 4096 clusters of dimension d; the buffers have the sizes the
+            // kernels index; the assignment's dynamic shared memory is (32 + 32) * d floats.
+            #[allow(unsafe_code)]
+            unsafe {
+                if first_round {
+                    let mut l = s.launch_builder(&normalize);
+                    l.arg(&keys).arg(&stride).arg(&n_i).arg(&d_i).arg(&mut x).arg(&mut xn);
+                    l.launch(grid(n.div_ceil(4), heads, 128, 0)).map_err(driver)?;
+                } else {
+                    let mut l = s.launch_builder(&count);
+                    l.arg(&labels).arg(&n_i).arg(&k_i).arg(&mut sizes).arg(&mut offsets);
+                    l.launch(grid(heads, 1, 1024, 0)).map_err(driver)?;
+                    let mut l = s.launch_builder(&list);
+                    l.arg(&labels).arg(&n_i).arg(&k_i).arg(&first).arg(&offsets).arg(&mut members);
+                    l.launch(grid(k, heads, 256, 0)).map_err(driver)?;
+                }
+                // Sizes are all zero in the first round: the update keeps the initial
+                // centroids and computes their unit copies.
+                let mut l = s.launch_builder(&update);
+                l.arg(&x).arg(&n_i).arg(&k_i).arg(&d_i).arg(&first).arg(&sizes).arg(&offsets).arg(&members);
+                l.arg(&mut centroids).arg(&mut cn);
+                l.launch(grid(k, heads, 128, 0)).map_err(driver)?;
+                s.memset_zeros(&mut changed).map_err(driver)?;
+                let shared = (ASSIGN_ROWS + ASSIGN_CENTROIDS) * d * 4;
+                let mut l = s.launch_builder(&assign);
+                l.arg(&xn).arg(&n_i).arg(&cn).arg(&k_i).arg(&d_i).arg(&mut labels).arg(&mut changed);
+                l.launch(grid(n.div_ceil(ASSIGN_ROWS), heads, 256, shared)).map_err(driver)?;
+            }
+            Ok(s.clone_dtoh(&changed).map_err(driver)?.iter().any(|&c| c > 0))
+        };
+        let mut dirty = round(true)?;
+        let mut iterations = 0;
+        while dirty && iterations < max_iters {
+            dirty = round(false)?;
+            iterations += 1;
+        }
+        // The index of the final labels: sizes, members, and centroids as their means.
+        // SAFETY: as above.
+        #[allow(unsafe_code)]
+        unsafe {
+            let mut l = s.launch_builder(&count);
+            l.arg(&labels).arg(&n_i).arg(&k_i).arg(&mut sizes).arg(&mut offsets);
+            l.launch(grid(heads, 1, 1024, 0)).map_err(driver)?;
+            let mut l = s.launch_builder(&list);
+            l.arg(&labels).arg(&n_i).arg(&k_i).arg(&first).arg(&offsets).arg(&mut members);
+            l.launch(grid(k, heads, 256, 0)).map_err(driver)?;
+            if dirty {
+                let mut l = s.launch_builder(&update);
+                l.arg(&x).arg(&n_i).arg(&k_i).arg(&d_i).arg(&first).arg(&sizes).arg(&offsets).arg(&members);
+                l.arg(&mut centroids).arg(&mut cn);
+                l.launch(grid(k, heads, 128, 0)).map_err(driver)?;
+            }
+        }
+        let index = DeviceIndex { centroids, sizes, offsets, members, heads, clusters: k, tokens: n, d };
+        Ok(DeviceClustering { index, labels, iterations })
+    }
+}

@@ -1,0 +1,110 @@
+//! `cargo xtask gpu-check`: builds the GPU tests and `clusterkv` with the `cuda` feature,
+//! runs the tests (every kernel and the GPU decode pipeline against the CPU path), then
+//! `clusterkv gpu-bench`, whose table comes last. `--bundle DIR` instead puts the two
+//! programs and a `run.sh` into DIR, for a GPU machine with a CUDA toolkit but no Rust.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::fetch::stderr_tail;
+use crate::kernels::{library_path, target_dir, toolkit};
+
+/// The script of a bundle: the CUDA toolkit's NVRTC and headers, the tests, the benchmark.
+const RUN_SH: &str = r#"#!/bin/sh
+# The GPU check of clusterkv-rs on a machine with an NVIDIA GPU and a CUDA 13 toolkit
+# (NVRTC and cuda_fp16.h; CUDA_HOME, default /usr/local/cuda): the GPU tests, then the GPU
+# benchmark. Arguments go to `clusterkv gpu-bench`.
+set -e
+here=$(cd "$(dirname "$0")" && pwd)
+cuda=${CUDA_HOME:-/usr/local/cuda}
+export LD_LIBRARY_PATH="$cuda/lib64:$cuda/lib:${LD_LIBRARY_PATH:-}"
+export CKV_CUDA_INCLUDE="${CKV_CUDA_INCLUDE:-$cuda/include}"
+"$here/ckv-gpu-tests" --nocapture --test-threads 1
+"$here/clusterkv" gpu-bench "$@"
+"#;
+
+/// Builds `clusterkv` and the GPU test program (release, feature `cuda`); returns their
+/// paths.
+fn build() -> Result<(PathBuf, PathBuf), String> {
+    let features = ["--release", "--locked", "--package", "ckv-sim", "--features", "cuda"];
+    let mut args = vec!["build"];
+    args.extend(features);
+    args.extend(["--bin", "clusterkv"]);
+    crate::cargo_with_env(&args, &[])?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("\n$ cargo test {} --test gpu --no-run", features.join(" "));
+    let out = Command::new(cargo)
+        .arg("test")
+        .args(features)
+        .args(["--test", "gpu", "--no-run", "--message-format=json"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("building the GPU tests failed: {}", stderr_tail(&out.stderr)));
+    }
+    let tests = executable(&String::from_utf8_lossy(&out.stdout))
+        .ok_or("cargo named no executable for the GPU tests")?;
+    Ok((target_dir().join("release/clusterkv"), tests))
+}
+
+/// The executable of the `gpu` test target in cargo's JSON messages.
+fn executable(messages: &str) -> Option<PathBuf> {
+    messages
+        .lines()
+        .filter(|l| l.contains(r#""name":"gpu""#))
+        .find_map(|l| l.split(r#""executable":""#).nth(1)?.split('"').next().map(PathBuf::from))
+}
+
+/// Runs a program to the end, failing on a non-zero exit.
+fn run(program: &Path, args: &[&str], env: &[(&str, String)]) -> Result<(), String> {
+    eprintln!("\n$ {} {}", program.display(), args.join(" "));
+    let status = Command::new(program)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .status()
+        .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
+    if status.success() { Ok(()) } else { Err(format!("{} failed ({status})", program.display())) }
+}
+
+/// `cargo xtask gpu-check [--bundle DIR] [-- gpu-bench arguments]`.
+pub fn gpu_check(bundle: Option<&Path>, bench_args: &[String]) -> Result<(), String> {
+    let (clusterkv, tests) = build()?;
+    if let Some(dir) = bundle {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        for (from, name) in [(&clusterkv, "clusterkv"), (&tests, "ckv-gpu-tests")] {
+            std::fs::copy(from, dir.join(name))
+                .map_err(|e| format!("cannot copy {} into {}: {e}", from.display(), dir.display()))?;
+        }
+        let script = dir.join("run.sh");
+        std::fs::write(&script, RUN_SH).map_err(|e| format!("cannot write {}: {e}", script.display()))?;
+        eprintln!("gpu-check bundle in {}: run `sh {}` on the GPU machine", dir.display(), script.display());
+        return Ok(());
+    }
+    let root = toolkit(&target_dir())?;
+    let env = [
+        ("LD_LIBRARY_PATH", library_path(&root)),
+        ("CKV_CUDA_INCLUDE", root.join("include").display().to_string()),
+    ];
+    run(&tests, &["--nocapture", "--test-threads", "1"], &env)?;
+    let mut args = vec!["gpu-bench"];
+    args.extend(bench_args.iter().map(String::as_str));
+    run(&clusterkv, &args, &env)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_test_executable_in_cargo_messages() {
+        let messages = concat!(
+            r#"{"reason":"compiler-artifact","target":{"kind":["lib"],"name":"ckv_sim"},"executable":null}"#,
+            "\n",
+            r#"{"reason":"compiler-artifact","target":{"kind":["test"],"name":"gpu"},"executable":"/t/release/deps/gpu-0a1b"}"#,
+        );
+        assert_eq!(executable(messages), Some(PathBuf::from("/t/release/deps/gpu-0a1b")));
+        assert_eq!(executable("{}"), None);
+    }
+}
