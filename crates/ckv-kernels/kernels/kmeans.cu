@@ -1,164 +1,242 @@
-// K-means of one KV head's keys on the GPU, the twin of `ckv_cluster::kmeans`: rows
+// K-means of the keys of every KV head on the GPU, the twin of `ckv_cluster::kmeans`: rows
 // normalised once; each iteration assigns every row to its most cosine-similar centroid
-// (ties to the lower id), lists the members of every cluster in ascending token order
-// (a stable counting sort), and moves every non-empty centroid to the mean of its
-// members' raw rows (f32 sums in member order: deterministic, no atomics on values).
-// Heads are independent: every kernel takes the head as blockIdx.y.
+// (ties to the lower id) with tensor-core products of unit rows and unit centroids in f16
+// (f32 accumulation), lists the members of every cluster in ascending token order (a
+// stable counting sort: per-block counts, one scan, a stable scatter), and moves every
+// non-empty centroid to the mean of its members' raw rows (f32 sums in member order:
+// deterministic, no atomics on values). Heads are independent: blockIdx.y is the head,
+// except in kmeans_scan (blockIdx.x).
 //
-// Shapes (row-major, per head h, `n` rows of dimension `d`, `k` clusters):
-//   keys      [heads, n, d] f16, `head_stride` apart
-//   x, xn     [heads, n, d] f32 (raw, unit rows)
-//   centroids [heads, k, d] f32          cn      [heads, k, d] f32 (unit centroids)
-//   labels    [heads, n] u32             changed [heads] u32
-//   sizes, offsets [heads, k] u32        members [heads, n] u32: token ids `first + row`
+// Shapes (row-major, per head h, `n` rows of dimension `d`, `k` clusters, `dp` = d rounded
+// up to a multiple of 16, the padding zero):
+//   keys      [heads, _, d] f16, `head_stride` apart
+//   x         [heads, n, d] f32 (raw rows)        xn [heads, n, dp] f16 (unit rows)
+//   centroids [heads, k, d] f32                   cn [heads, k, dp] f16 (unit centroids)
+//   labels    [heads, n] u32                      changed [heads] u32
+//   counts    [heads, k, blocks] u32 (rows of each cluster in each block of COUNT_ROWS)
+//   sizes, offsets [heads, k] u32                 members [heads, n] u32: ids `first + row`
 
 #include <cuda_fp16.h>
 
-#define TILE_ROWS 32
-#define TILE_CENTROIDS 32
-#define ASSIGN_THREADS 256
+#define MAX_K 4096
+#define ASSIGN_WARPS 4
+#define ASSIGN_ROWS (16 * ASSIGN_WARPS)
+#define ASSIGN_CENTROIDS 32
+#define COUNT_ROWS 1024
+#define NEG_INF __int_as_float(0xff800000)
 
 __device__ __forceinline__ float warp_sum(float x) {
     for (int offset = 16; offset > 0; offset >>= 1) x += __shfl_xor_sync(0xffffffffu, x, offset);
     return x;
 }
 
-// One warp per row: x = the row in f32, xn = x / |x| (zero rows stay zero).
+// One warp per row: x = the row in f32, xn = x / |x| in f16 (zero rows stay zero).
 extern "C" __global__ void kmeans_normalize(const __half* __restrict__ keys, long long head_stride,
-                                            int n, int d, float* __restrict__ x,
-                                            float* __restrict__ xn) {
+                                            int n, int d, int dp, float* __restrict__ x,
+                                            __half* __restrict__ xn) {
     const int warps = blockDim.x / 32, lane = threadIdx.x % 32;
     const long long row = (long long)blockIdx.x * warps + threadIdx.x / 32;
     if (row >= n) return;
-    const long long base = ((long long)blockIdx.y * n + row) * d;
+    const long long at = (long long)blockIdx.y * n + row;
     const __half* key = keys + blockIdx.y * head_stride + row * d;
     float sq = 0.0f;
     for (int e = lane; e < d; e += 32) {
         const float v = __half2float(key[e]);
-        x[base + e] = v;
+        x[at * d + e] = v;
         sq += v * v;
     }
     sq = warp_sum(sq);
     const float inv = sq > 0.0f ? rsqrtf(sq) : 0.0f;
-    for (int e = lane; e < d; e += 32) xn[base + e] = x[base + e] * inv;
+    for (int e = lane; e < dp; e += 32) xn[at * dp + e] = __float2half_rn(e < d ? x[at * d + e] * inv : 0.0f);
 }
 
-// A block labels TILE_ROWS rows: centroids come through shared memory TILE_CENTROIDS at a
-// time; thread t scores row t / 8 against centroids t % 8, t % 8 + 8, ... of each tile,
-// and the 8 threads of a row agree on the best (score descending, ties to the lower id).
-// Dynamic shared memory: (TILE_ROWS + TILE_CENTROIDS) * d floats.
-extern "C" __global__ void __launch_bounds__(ASSIGN_THREADS) kmeans_assign(
-    const float* __restrict__ xn, int n, const float* __restrict__ cn, int k, int d,
-    unsigned* __restrict__ labels, unsigned* __restrict__ changed) {
-    extern __shared__ float tile[];
-    float* rows = tile;
-    float* cents = tile + TILE_ROWS * d;
-    const int head = blockIdx.y;
-    const long long first = (long long)blockIdx.x * TILE_ROWS;
-    const float* head_xn = xn + (long long)head * n * d;
-    const float* head_cn = cn + (long long)head * k * d;
-    for (int i = threadIdx.x; i < TILE_ROWS * d; i += blockDim.x) {
-        const long long r = first + i / d;
-        rows[i] = r < n ? head_xn[r * d + i % d] : 0.0f;
+// D += A B for one m16n8k16 tile: A 16x16 row-major, B 16x8 column-major, f16 in, f32 out.
+__device__ __forceinline__ void mma_16x8x16(float* c, const unsigned* a, const unsigned* b) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// Keeps (s, id) when it ranks before (best, best_id): higher, or equal with a lower id.
+__device__ __forceinline__ void keep_best(float s, unsigned id, float& best, unsigned& best_id) {
+    if (s > best || (s == best && id < best_id)) {
+        best = s;
+        best_id = id;
     }
-    const int my_row = threadIdx.x / 8, my_lane = threadIdx.x % 8;
-    float best = __int_as_float(0xff800000);
-    unsigned best_id = 0;
-    for (int c0 = 0; c0 < k; c0 += TILE_CENTROIDS) {
+}
+
+// Copies `count` rows of `dp` halves (global, dense) into shared memory rows `stride`
+// halves apart, zeros past `valid` rows; 16 bytes at a time.
+__device__ __forceinline__ void load_tile(const __half* __restrict__ from, int count, int valid, int dp,
+                                          int stride, __half* to) {
+    const int vectors = dp / 8;
+    for (int i = threadIdx.x; i < count * vectors; i += blockDim.x) {
+        const int r = i / vectors, v = i % vectors;
+        const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+        *reinterpret_cast<uint4*>(to + r * stride + v * 8) =
+            r < valid ? reinterpret_cast<const uint4*>(from + (long long)r * dp)[v] : zero;
+    }
+}
+
+// A block labels ASSIGN_ROWS rows, 16 per warp; centroids come through shared memory
+// ASSIGN_CENTROIDS at a time, and each warp scores its 16 rows against them on the tensor
+// cores (m16n8k16). Lane (g, t) = (lane / 4, lane % 4) holds the scores of rows g and
+// g + 8 against centroids 2t and 2t + 1 of every 8; it keeps the best of each row in id
+// order, then the 4 lanes of a row agree. Shared rows are dp + 8 halves apart (no bank
+// conflicts). Dynamic shared memory: (ASSIGN_ROWS + ASSIGN_CENTROIDS) * (dp + 8) halves.
+extern "C" __global__ void __launch_bounds__(32 * ASSIGN_WARPS) kmeans_assign(
+    const __half* __restrict__ xn, int n, const __half* __restrict__ cn, int k, int dp,
+    unsigned* __restrict__ labels, unsigned* __restrict__ changed) {
+    extern __shared__ __align__(16) __half tile[];
+    const int stride = dp + 8;
+    __half* rows = tile;
+    __half* cents = tile + ASSIGN_ROWS * stride;
+    const int head = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int g = lane / 4, t = lane % 4;
+    const long long first = (long long)blockIdx.x * ASSIGN_ROWS;
+    load_tile(xn + ((long long)head * n + first) * dp, ASSIGN_ROWS, (int)min((long long)ASSIGN_ROWS, n - first),
+              dp, stride, rows);
+    const __half* my_rows = rows + warp * 16 * stride;
+    float best[2] = {NEG_INF, NEG_INF};
+    unsigned best_id[2] = {0u, 0u};
+    for (int c0 = 0; c0 < k; c0 += ASSIGN_CENTROIDS) {
         __syncthreads();
-        for (int i = threadIdx.x; i < TILE_CENTROIDS * d; i += blockDim.x) {
-            const int c = c0 + i / d;
-            cents[i] = c < k ? head_cn[(long long)c * d + i % d] : 0.0f;
+        load_tile(cn + ((long long)head * k + c0) * dp, ASSIGN_CENTROIDS, min(ASSIGN_CENTROIDS, k - c0), dp,
+                  stride, cents);
+        __syncthreads();
+        float acc[ASSIGN_CENTROIDS / 8][4];
+        #pragma unroll
+        for (int j = 0; j < ASSIGN_CENTROIDS / 8; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
+        for (int kk = 0; kk < dp; kk += 16) {
+            unsigned a[4];
+            a[0] = *reinterpret_cast<const unsigned*>(my_rows + g * stride + kk + 2 * t);
+            a[1] = *reinterpret_cast<const unsigned*>(my_rows + (g + 8) * stride + kk + 2 * t);
+            a[2] = *reinterpret_cast<const unsigned*>(my_rows + g * stride + kk + 2 * t + 8);
+            a[3] = *reinterpret_cast<const unsigned*>(my_rows + (g + 8) * stride + kk + 2 * t + 8);
+            #pragma unroll
+            for (int j = 0; j < ASSIGN_CENTROIDS / 8; ++j) {
+                const __half* centroid = cents + (j * 8 + g) * stride + kk + 2 * t;
+                unsigned b[2];
+                b[0] = *reinterpret_cast<const unsigned*>(centroid);
+                b[1] = *reinterpret_cast<const unsigned*>(centroid + 8);
+                mma_16x8x16(acc[j], a, b);
+            }
         }
-        __syncthreads();
-        for (int j = my_lane; j < TILE_CENTROIDS && c0 + j < k; j += 8) {
-            float s = 0.0f;
-            for (int e = 0; e < d; ++e) s += rows[my_row * d + e] * cents[j * d + e];
-            const unsigned id = c0 + j;
-            if (s > best || (s == best && id < best_id)) {
-                best = s;
-                best_id = id;
+        #pragma unroll
+        for (int j = 0; j < ASSIGN_CENTROIDS / 8; ++j) {
+            #pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const unsigned id = c0 + j * 8 + 2 * t + e;
+                if (id < (unsigned)k) {
+                    keep_best(acc[j][e], id, best[0], best_id[0]);
+                    keep_best(acc[j][2 + e], id, best[1], best_id[1]);
+                }
             }
         }
     }
-    // The 8 threads of a row are consecutive lanes of one warp.
-    for (int offset = 4; offset > 0; offset >>= 1) {
-        const float other = __shfl_xor_sync(0xffffffffu, best, offset);
-        const unsigned other_id = __shfl_xor_sync(0xffffffffu, best_id, offset);
-        if (other > best || (other == best && other_id < best_id)) {
-            best = other;
-            best_id = other_id;
+    #pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        for (int offset = 1; offset < 4; offset <<= 1) {
+            const float other = __shfl_xor_sync(0xffffffffu, best[r], offset);
+            const unsigned other_id = __shfl_xor_sync(0xffffffffu, best_id[r], offset);
+            keep_best(other, other_id, best[r], best_id[r]);
         }
-    }
-    const long long row = first + my_row;
-    if (my_lane == 0 && row < n) {
-        unsigned* label = labels + (long long)head * n + row;
-        if (*label != best_id) {
-            *label = best_id;
-            atomicAdd(changed + head, 1u);
+        const long long row = first + warp * 16 + g + 8 * r;
+        if (t == 0 && row < n) {
+            unsigned* label = labels + (long long)head * n + row;
+            if (*label != best_id[r]) {
+                *label = best_id[r];
+                atomicAdd(changed + head, 1u);
+            }
         }
     }
 }
 
-// One block per (cluster, head): the cluster's members in ascending row order, found by
-// scanning the labels in order (a stable counting sort: O(k n) work, deterministic).
-// offsets must hold the exclusive prefix of sizes (kmeans_sizes below).
-extern "C" __global__ void kmeans_members(const unsigned* __restrict__ labels, int n, int k,
-                                          unsigned first, const unsigned* __restrict__ offsets,
-                                          unsigned* __restrict__ members) {
-    __shared__ unsigned warp_counts[32];
-    __shared__ unsigned base;
-    const int head = blockIdx.y;
-    const unsigned cluster = blockIdx.x;
-    const unsigned* head_labels = labels + (long long)head * n;
-    unsigned* out = members + (long long)head * n + offsets[(long long)head * k + cluster];
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
-    if (threadIdx.x == 0) base = 0;
+// Block (b, head) counts its COUNT_ROWS rows per cluster: counts[head][c][b].
+extern "C" __global__ void kmeans_block_counts(const unsigned* __restrict__ labels, int n, int k,
+                                               unsigned* __restrict__ counts) {
+    __shared__ unsigned count[MAX_K];
+    const int head = blockIdx.y, b = blockIdx.x, blocks = gridDim.x;
+    for (int c = threadIdx.x; c < k; c += blockDim.x) count[c] = 0u;
     __syncthreads();
-    for (long long start = 0; start < n; start += blockDim.x) {
-        const long long i = start + threadIdx.x;
-        const bool mine = i < n && head_labels[i] == cluster;
-        const unsigned ballot = __ballot_sync(0xffffffffu, mine);
-        if (lane == 0) warp_counts[warp] = __popc(ballot);
-        __syncthreads();
-        unsigned before = base;
-        for (int w = 0; w < warp; ++w) before += warp_counts[w];
-        if (mine) out[before + __popc(ballot & ((1u << lane) - 1u))] = first + (unsigned)i;
-        __syncthreads();
-        if (threadIdx.x == 0) {
-            for (int w = 0; w < warps; ++w) base += warp_counts[w];
-        }
-        __syncthreads();
+    const int end = min(n, (b + 1) * COUNT_ROWS);
+    for (int i = b * COUNT_ROWS + threadIdx.x; i < end; i += blockDim.x) {
+        atomicAdd(&count[labels[(long long)head * n + i]], 1u);
     }
+    __syncthreads();
+    for (int c = threadIdx.x; c < k; c += blockDim.x) counts[((long long)head * k + c) * blocks + b] = count[c];
 }
 
-// One block per head: sizes[c] = rows labelled c, offsets = their exclusive prefix
-// (k <= 4096; blockDim.x = 1024).
-extern "C" __global__ void kmeans_sizes(const unsigned* __restrict__ labels, int n, int k,
-                                        unsigned* __restrict__ sizes, unsigned* __restrict__ offsets) {
-    __shared__ unsigned count[4096];
+// One block of 1024 threads per head: the counts become, in place, the exclusive prefix
+// over (cluster, block) in that order, where each block's rows of each cluster start;
+// sizes and offsets follow.
+extern "C" __global__ void __launch_bounds__(1024) kmeans_scan(unsigned* __restrict__ counts, int n, int k,
+                                                              int blocks, unsigned* __restrict__ sizes,
+                                                              unsigned* __restrict__ offsets) {
+    __shared__ unsigned partial[1024];
     const int head = blockIdx.x;
-    for (int c = threadIdx.x; c < k; c += blockDim.x) count[c] = 0;
+    const long long total = (long long)k * blocks;
+    unsigned* base = counts + head * total;
+    const long long per = (total + blockDim.x - 1) / blockDim.x;
+    const long long begin = threadIdx.x * per, end = min(total, begin + per);
+    unsigned local = 0;
+    for (long long i = begin; i < end; ++i) local += base[i];
+    partial[threadIdx.x] = local;
     __syncthreads();
-    for (long long i = threadIdx.x; i < n; i += blockDim.x) atomicAdd(&count[labels[(long long)head * n + i]], 1u);
+    for (int offset = 1; offset < blockDim.x; offset <<= 1) {
+        const unsigned v = threadIdx.x >= offset ? partial[threadIdx.x - offset] : 0u;
+        __syncthreads();
+        partial[threadIdx.x] += v;
+        __syncthreads();
+    }
+    unsigned run = partial[threadIdx.x] - local;
+    for (long long i = begin; i < end; ++i) {
+        const unsigned c = base[i];
+        base[i] = run;
+        run += c;
+    }
     __syncthreads();
-    if (threadIdx.x == 0) {
-        unsigned run = 0;
-        for (int c = 0; c < k; ++c) {
-            sizes[(long long)head * k + c] = count[c];
-            offsets[(long long)head * k + c] = run;
-            run += count[c];
-        }
+    for (int c = threadIdx.x; c < k; c += blockDim.x) {
+        const unsigned start = base[(long long)c * blocks];
+        const unsigned next = c + 1 < k ? base[(long long)(c + 1) * blocks] : (unsigned)n;
+        offsets[(long long)head * k + c] = start;
+        sizes[(long long)head * k + c] = next - start;
+    }
+}
+
+// One warp per (block, head): the block's rows in order, each to the next slot of its
+// cluster (from the scanned counts), so every cluster lists its rows in ascending order.
+extern "C" __global__ void kmeans_scatter(const unsigned* __restrict__ labels, int n, int k,
+                                          const unsigned* __restrict__ starts, unsigned first,
+                                          unsigned* __restrict__ members) {
+    __shared__ unsigned cursor[MAX_K];
+    const int head = blockIdx.y, b = blockIdx.x, blocks = gridDim.x, lane = threadIdx.x;
+    for (int c = lane; c < k; c += 32) cursor[c] = starts[((long long)head * k + c) * blocks + b];
+    __syncwarp();
+    const int end = min(n, (b + 1) * COUNT_ROWS);
+    for (int base = b * COUNT_ROWS; base < end; base += 32) {
+        const int i = base + lane;
+        const bool valid = i < end;
+        const unsigned label = valid ? labels[(long long)head * n + i] : 0xffffffffu;
+        const unsigned peers = __match_any_sync(0xffffffffu, label);
+        const unsigned rank = __popc(peers & ((1u << lane) - 1u));
+        if (valid) members[(long long)head * n + cursor[label] + rank] = first + (unsigned)i;
+        __syncwarp();
+        if (valid && rank == 0) cursor[label] += __popc(peers);
+        __syncwarp();
     }
 }
 
 // One block per (cluster, head), threads over d: a non-empty centroid becomes the mean of
-// its members' raw rows (summed in member order), an empty one stays; cn is its unit copy.
-extern "C" __global__ void kmeans_update(const float* __restrict__ x, int n, int k, int d, unsigned first,
-                                         const unsigned* __restrict__ sizes,
+// its members' raw rows (summed in member order), an empty one stays; cn is its unit copy
+// in f16, zero-padded to dp.
+extern "C" __global__ void kmeans_update(const float* __restrict__ x, int n, int k, int d, int dp,
+                                         unsigned first, const unsigned* __restrict__ sizes,
                                          const unsigned* __restrict__ offsets,
                                          const unsigned* __restrict__ members,
-                                         float* __restrict__ centroids, float* __restrict__ cn) {
+                                         float* __restrict__ centroids, __half* __restrict__ cn) {
     __shared__ float norm_sq[32];
     const int head = blockIdx.y, cluster = blockIdx.x;
     const unsigned size = sizes[(long long)head * k + cluster];
@@ -179,5 +257,6 @@ extern "C" __global__ void kmeans_update(const float* __restrict__ x, int n, int
     float total = 0.0f;
     for (int w = 0; w < (blockDim.x + 31) / 32; ++w) total += norm_sq[w];
     const float inv = total > 0.0f ? rsqrtf(total) : 0.0f;
-    for (int e = threadIdx.x; e < d; e += blockDim.x) cn[((long long)head * k + cluster) * d + e] = centroid[e] * inv;
+    __half* unit = cn + ((long long)head * k + cluster) * dp;
+    for (int e = threadIdx.x; e < dp; e += blockDim.x) unit[e] = __float2half_rn(e < d ? centroid[e] * inv : 0.0f);
 }

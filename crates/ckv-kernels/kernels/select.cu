@@ -51,19 +51,22 @@ extern "C" __global__ void __launch_bounds__(THREADS) clusterkv_select(
     }
     __syncthreads();
 
-    // Scores; slots past the last cluster sort last.
+    // Scores, one warp per cluster (coalesced reads of its centroid row); slots past the
+    // last cluster sort last.
     int padded = 1;
     while (padded < clusters) padded <<= 1;
-    for (int c = threadIdx.x; c < padded; c += blockDim.x) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+    for (int c = warp; c < padded; c += warps) {
+        float s = 0.0f;
         if (c < clusters) {
-            float s = 0.0f;
             const float* centroid = c_head + (long long)c * d;
-            for (int e = 0; e < d; ++e) s += query[e] * centroid[e];
-            score[c] = s;
-        } else {
-            score[c] = __int_as_float(0xff800000);
+            for (int e = lane; e < d; e += 32) s += query[e] * centroid[e];
+            for (int offset = 16; offset > 0; offset >>= 1) s += __shfl_xor_sync(0xffffffffu, s, offset);
         }
-        id[c] = c;
+        if (lane == 0) {
+            score[c] = c < clusters ? s : __int_as_float(0xff800000);
+            id[c] = c;
+        }
     }
     __syncthreads();
 

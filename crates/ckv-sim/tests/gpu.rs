@@ -170,13 +170,15 @@ fn kmeans_kernels_keep_the_invariants_of_the_cpu_kmeans() {
                 prop_assert!((centroids[c * d + e] - mean).abs() <= 1e-4 * (1.0 + mean.abs()));
             }
         }
-        // Every row is labelled with its most cosine-similar centroid (within rounding).
+        // Every row is labelled with its most cosine-similar centroid, within the rounding
+        // of the f16 unit rows and centroids the tensor cores multiply (2^-11 relative
+        // each: under 2e-3 on a cosine).
         let cn: Vec<Vec<f32>> = (0..blobs).map(|c| unit(&centroids[c * d..(c + 1) * d])).collect();
         for i in 0..n {
             let xn = unit(&x[i * d..(i + 1) * d]);
             let cos = |c: usize| xn.iter().zip(&cn[c]).map(|(a, b)| a * b).sum::<f32>();
             let best = (0..blobs).map(cos).fold(f32::NEG_INFINITY, f32::max);
-            prop_assert!(cos(labels[i] as usize) >= best - 1e-5, "row {} label {}", i, labels[i]);
+            prop_assert!(cos(labels[i] as usize) >= best - 3e-3, "row {} label {}", i, labels[i]);
         }
     });
 }

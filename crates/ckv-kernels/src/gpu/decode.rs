@@ -18,6 +18,10 @@ const SELECT_THREADS: u32 = 1024;
 pub const ATTENTION_SHAPES: [(usize, usize); 9] =
     [(1, 64), (2, 64), (3, 64), (4, 64), (1, 128), (2, 128), (3, 128), (4, 128), (8, 128)];
 
+/// Attention blocks a step aims for per multiprocessor: enough warps in flight to cover
+/// the latency of HBM reads (each warp reads one row at a time).
+const BLOCKS_PER_SM: usize = 8;
+
 /// The fewest ids an attention block takes: fewer would leave its warps idle.
 const MIN_CHUNK: usize = 32;
 
@@ -100,6 +104,8 @@ pub struct DecodeScratch {
     part_max: CudaSlice<f32>,
     part_sum: CudaSlice<f32>,
     out: CudaSlice<f32>,
+    /// Query values uploaded.
+    pub(super) query_values: usize,
     /// Lists of the last step, ids per list, and whether they were written.
     lists: usize,
     attended: usize,
@@ -131,6 +137,7 @@ impl Gpu {
             part_max: one()?,
             part_sum: one()?,
             out: one()?,
+            query_values: 0,
             lists: 0,
             attended: 0,
             has_ids: false,
@@ -141,7 +148,8 @@ impl Gpu {
     /// f32 after RoPE; the KV holds the current token. ClusterKV ranks with `index` when
     /// the step takes fewer ids than the clustered region holds. The output `[Hq, d]` and
     /// the id lists stay on the device until [`read_output`](Self::read_output) and
-    /// [`read_ids`](Self::read_ids).
+    /// [`read_ids`](Self::read_ids). The same as [`upload_queries`](Self::upload_queries)
+    /// then [`step_on_device`](Self::step_on_device).
     pub fn decode_step(
         &self,
         kv: &DeviceKv,
@@ -150,18 +158,50 @@ impl Gpu {
         queries: &[f32],
         scratch: &mut DecodeScratch,
     ) -> Result<(), KernelError> {
+        self.upload_queries(kv, step, queries, scratch)?;
+        self.step_on_device(kv, index, step, scratch)
+    }
+
+    /// Copies a step's queries `[heads * group, d]` into `scratch`.
+    pub fn upload_queries(
+        &self,
+        kv: &DeviceKv,
+        step: &DecodeStep,
+        queries: &[f32],
+        scratch: &mut DecodeScratch,
+    ) -> Result<(), KernelError> {
         let (heads, d, g) = (kv.heads(), kv.d(), step.group);
-        if queries.len() != heads * g * d || step.current >= kv.len() {
+        if queries.len() != heads * g * d {
             return Err(KernelError::Shape(format!(
-                "{} query values for {heads} x {g} heads of dimension {d}; current token {} of {} stored",
-                queries.len(),
+                "{} query values for {heads} x {g} heads of dimension {d}",
+                queries.len()
+            )));
+        }
+        at_least(self, &mut scratch.queries, queries.len())?;
+        self.stream.memcpy_htod(queries, &mut scratch.queries.slice_mut(..queries.len())).map_err(driver)?;
+        scratch.query_values = queries.len();
+        Ok(())
+    }
+
+    /// A decode step over the queries already in `scratch` (a model whose queries are on
+    /// the device runs this alone; the GPU benchmark times it).
+    pub fn step_on_device(
+        &self,
+        kv: &DeviceKv,
+        index: Option<&DeviceIndex>,
+        step: &DecodeStep,
+        scratch: &mut DecodeScratch,
+    ) -> Result<(), KernelError> {
+        let (heads, d, g) = (kv.heads(), kv.d(), step.group);
+        if scratch.query_values != heads * g * d || step.current >= kv.len() {
+            return Err(KernelError::Shape(format!(
+                "{} query values uploaded for {heads} x {g} heads of dimension {d}; current token {} of {} \
+                 stored",
+                scratch.query_values,
                 step.current,
                 kv.len()
             )));
         }
-        let s = &self.stream;
-        at_least(self, &mut scratch.queries, queries.len())?;
-        s.memcpy_htod(queries, &mut scratch.queries.slice_mut(..queries.len())).map_err(driver)?;
         let (lists, attended) = (step.lists(heads), step.attended());
         at_least(self, &mut scratch.n_ids, lists)?;
         scratch.has_ids = step.ids != StepIds::Dense;
@@ -197,7 +237,7 @@ impl Gpu {
                 "group {rows} x d {d}: instantiated are {ATTENTION_SHAPES:?}"
             )));
         }
-        let target_blocks = 4 * self.multiprocessors;
+        let target_blocks = BLOCKS_PER_SM * self.multiprocessors;
         let chunks = target_blocks.div_ceil(work_heads).clamp(1, attended.div_ceil(MIN_CHUNK).max(1));
         let chunk_len = attended.div_ceil(chunks);
         let has_ids = scratch.has_ids;

@@ -46,6 +46,7 @@ impl Gpu {
         let mut scratch = self.scratch()?;
         let s = &self.stream;
         scratch.queries = s.clone_htod(queries).map_err(driver)?;
+        scratch.query_values = queries.len();
         scratch.n_ids = s.clone_htod(&[n as i32]).map_err(driver)?;
         if let Some(ids) = ids {
             scratch.ids = s.clone_htod(ids).map_err(driver)?;

@@ -4,6 +4,7 @@
 use std::ops::Range;
 
 use cudarc::driver::{CudaSlice, PushKernelArg};
+use half::f16;
 
 use super::{Gpu, driver, grid, int};
 use crate::{DeviceKv, KernelError};
@@ -15,9 +16,11 @@ pub(super) const MAX_CLUSTERS: usize = 4096;
 /// Largest head dimension of the selection kernel's shared query.
 pub(super) const MAX_D: usize = 256;
 
-/// Rows of a k-means assignment block and centroids per shared-memory tile (`kmeans.cu`).
-const ASSIGN_ROWS: usize = 32;
+/// Rows of a k-means assignment block and centroids per shared-memory tile, and rows per
+/// block of the member count (`kmeans.cu`).
+const ASSIGN_ROWS: usize = 64;
 const ASSIGN_CENTROIDS: usize = 32;
+const COUNT_ROWS: usize = 1024;
 
 /// One head's cluster index in the CSR layout of `ckv_index::ClusterIndex`.
 #[derive(Debug, Clone, Copy)]
@@ -165,7 +168,10 @@ impl Gpu {
     /// it: rows normalised; assign by best cosine (ties to the lower id), then update each
     /// non-empty centroid to the mean of its members' raw keys (f32 sums in member order)
     /// and re-assign, until no label of any head changes or `max_iters` rounds. `initial`
-    /// holds the starting centroids `[heads, k, d]`. Members are token ids.
+    /// holds the starting centroids `[heads, k, d]`; `d` is at most 256. Members are token
+    /// ids, ascending within each cluster. The cosines are tensor-core products of f16 unit
+    /// vectors with f32 sums: a row whose two best centroids are within about 2e-3 of each
+    /// other may take either, where the CPU's f32 products pick one.
     pub fn cluster(
         &self,
         kv: &DeviceKv,
@@ -175,7 +181,13 @@ impl Gpu {
     ) -> Result<DeviceClustering, KernelError> {
         let (heads, d, n) = (kv.heads(), kv.d(), tokens.len());
         let k = initial.len() / (heads * d);
-        if k == 0 || k > MAX_CLUSTERS || n < k || initial.len() != heads * k * d || tokens.end > kv.len() {
+        if k == 0
+            || k > MAX_CLUSTERS
+            || d > MAX_D
+            || n < k
+            || initial.len() != heads * k * d
+            || tokens.end > kv.len()
+        {
             return Err(KernelError::Shape(format!(
                 "tokens {tokens:?} of {} into {k} clusters ({} initial values) of dimension {d}, {heads} heads",
                 kv.len(),
@@ -183,54 +195,83 @@ impl Gpu {
             )));
         }
         let s = &self.stream;
+        let dp = d.next_multiple_of(16);
+        let blocks = n.div_ceil(COUNT_ROWS);
         let mut x = s.alloc_zeros::<f32>(heads * n * d).map_err(driver)?;
-        let mut xn = s.alloc_zeros::<f32>(heads * n * d).map_err(driver)?;
+        let mut xn = s.alloc_zeros::<f16>(heads * n * dp).map_err(driver)?;
         let mut centroids = s.clone_htod(initial).map_err(driver)?;
-        let mut cn = s.alloc_zeros::<f32>(heads * k * d).map_err(driver)?;
+        let mut cn = s.alloc_zeros::<f16>(heads * k * dp).map_err(driver)?;
         let mut labels = s.clone_htod(&vec![u32::MAX; heads * n]).map_err(driver)?;
+        let mut counts = s.alloc_zeros::<u32>(heads * k * blocks).map_err(driver)?;
         let mut sizes = s.alloc_zeros::<u32>(heads * k).map_err(driver)?;
         let mut offsets = s.alloc_zeros::<u32>(heads * k).map_err(driver)?;
         let mut members = s.alloc_zeros::<u32>(heads * n).map_err(driver)?;
         let mut changed = s.alloc_zeros::<u32>(heads).map_err(driver)?;
-        let (n_i, k_i, d_i) = (int("tokens", n)?, int("clusters", k)?, int("d", d)?);
+        let (n_i, k_i, d_i, dp_i, blocks_i) = (
+            int("tokens", n)?,
+            int("clusters", k)?,
+            int("d", d)?,
+            int("padded d", dp)?,
+            int("blocks", blocks)?,
+        );
         let first = u32::try_from(tokens.start).map_err(|_| KernelError::Shape(format!("{tokens:?}")))?;
         let stride = kv.head_stride() as i64;
         let normalize = self.function("kmeans", "kmeans_normalize")?;
         let assign = self.function("kmeans", "kmeans_assign")?;
-        let count = self.function("kmeans", "kmeans_sizes")?;
-        let list = self.function("kmeans", "kmeans_members")?;
+        let count = self.function("kmeans", "kmeans_block_counts")?;
+        let scan = self.function("kmeans", "kmeans_scan")?;
+        let scatter = self.function("kmeans", "kmeans_scatter")?;
         let update = self.function("kmeans", "kmeans_update")?;
         let keys = kv.keys.slice(tokens.start * d..);
-        let mut round = |first_round: bool| -> Result<bool, KernelError> {
-            // SAFETY (every launch): the arguments match the kernels of `kmeans.cu` in order
-            // and type, for `heads` heads (blockIdx.y, or blockIdx.x for kmeans_sizes) of n
-            // rows, k <= 4096 clusters of dimension d; the buffers have the sizes the
-            // kernels index; the assignment's dynamic shared memory is (32 + 32) * d floats.
+        // SAFETY (every launch below): the arguments match the kernels of `kmeans.cu` in
+        // order and type, for `heads` heads (blockIdx.y, or blockIdx.x for kmeans_scan) of
+        // n rows, k <= 4096 clusters of dimension d (padded to dp); the buffers have the
+        // sizes the kernels index; the assignment's dynamic shared memory is
+        // (64 + 32) * (dp + 8) halves, at most 48 KiB for d <= 256.
+        // The members of the current labels: counts per block, their scan, the scatter.
+        let list = |labels: &CudaSlice<u32>,
+                    counts: &mut CudaSlice<u32>,
+                    sizes: &mut CudaSlice<u32>,
+                    offsets: &mut CudaSlice<u32>,
+                    members: &mut CudaSlice<u32>| {
             #[allow(unsafe_code)]
             unsafe {
-                if first_round {
+                let mut l = s.launch_builder(&count);
+                l.arg(labels).arg(&n_i).arg(&k_i).arg(&mut *counts);
+                l.launch(grid(blocks, heads, 256, 0)).map_err(driver)?;
+                let mut l = s.launch_builder(&scan);
+                l.arg(&mut *counts).arg(&n_i).arg(&k_i).arg(&blocks_i).arg(sizes).arg(offsets);
+                l.launch(grid(heads, 1, 1024, 0)).map_err(driver)?;
+                let mut l = s.launch_builder(&scatter);
+                l.arg(labels).arg(&n_i).arg(&k_i).arg(&*counts).arg(&first).arg(members);
+                l.launch(grid(blocks, heads, 32, 0)).map_err(driver)?;
+            }
+            Ok::<(), KernelError>(())
+        };
+        let mut round = |first_round: bool| -> Result<bool, KernelError> {
+            if first_round {
+                #[allow(unsafe_code)]
+                unsafe {
                     let mut l = s.launch_builder(&normalize);
-                    l.arg(&keys).arg(&stride).arg(&n_i).arg(&d_i).arg(&mut x).arg(&mut xn);
+                    l.arg(&keys).arg(&stride).arg(&n_i).arg(&d_i).arg(&dp_i).arg(&mut x).arg(&mut xn);
                     l.launch(grid(n.div_ceil(4), heads, 128, 0)).map_err(driver)?;
-                } else {
-                    let mut l = s.launch_builder(&count);
-                    l.arg(&labels).arg(&n_i).arg(&k_i).arg(&mut sizes).arg(&mut offsets);
-                    l.launch(grid(heads, 1, 1024, 0)).map_err(driver)?;
-                    let mut l = s.launch_builder(&list);
-                    l.arg(&labels).arg(&n_i).arg(&k_i).arg(&first).arg(&offsets).arg(&mut members);
-                    l.launch(grid(k, heads, 256, 0)).map_err(driver)?;
                 }
-                // Sizes are all zero in the first round: the update keeps the initial
-                // centroids and computes their unit copies.
+            } else {
+                list(&labels, &mut counts, &mut sizes, &mut offsets, &mut members)?;
+            }
+            // Sizes are all zero in the first round: the update keeps the initial
+            // centroids and computes their unit copies.
+            #[allow(unsafe_code)]
+            unsafe {
                 let mut l = s.launch_builder(&update);
-                l.arg(&x).arg(&n_i).arg(&k_i).arg(&d_i).arg(&first).arg(&sizes).arg(&offsets).arg(&members);
-                l.arg(&mut centroids).arg(&mut cn);
+                l.arg(&x).arg(&n_i).arg(&k_i).arg(&d_i).arg(&dp_i).arg(&first).arg(&sizes).arg(&offsets);
+                l.arg(&members).arg(&mut centroids).arg(&mut cn);
                 l.launch(grid(k, heads, 128, 0)).map_err(driver)?;
                 s.memset_zeros(&mut changed).map_err(driver)?;
-                let shared = (ASSIGN_ROWS + ASSIGN_CENTROIDS) * d * 4;
+                let shared = (ASSIGN_ROWS + ASSIGN_CENTROIDS) * (dp + 8) * 2;
                 let mut l = s.launch_builder(&assign);
-                l.arg(&xn).arg(&n_i).arg(&cn).arg(&k_i).arg(&d_i).arg(&mut labels).arg(&mut changed);
-                l.launch(grid(n.div_ceil(ASSIGN_ROWS), heads, 256, shared)).map_err(driver)?;
+                l.arg(&xn).arg(&n_i).arg(&cn).arg(&k_i).arg(&dp_i).arg(&mut labels).arg(&mut changed);
+                l.launch(grid(n.div_ceil(ASSIGN_ROWS), heads, 128, shared)).map_err(driver)?;
             }
             Ok(s.clone_dtoh(&changed).map_err(driver)?.iter().any(|&c| c > 0))
         };
@@ -241,19 +282,13 @@ impl Gpu {
             iterations += 1;
         }
         // The index of the final labels: sizes, members, and centroids as their means.
-        // SAFETY: as above.
-        #[allow(unsafe_code)]
-        unsafe {
-            let mut l = s.launch_builder(&count);
-            l.arg(&labels).arg(&n_i).arg(&k_i).arg(&mut sizes).arg(&mut offsets);
-            l.launch(grid(heads, 1, 1024, 0)).map_err(driver)?;
-            let mut l = s.launch_builder(&list);
-            l.arg(&labels).arg(&n_i).arg(&k_i).arg(&first).arg(&offsets).arg(&mut members);
-            l.launch(grid(k, heads, 256, 0)).map_err(driver)?;
-            if dirty {
+        list(&labels, &mut counts, &mut sizes, &mut offsets, &mut members)?;
+        if dirty {
+            #[allow(unsafe_code)]
+            unsafe {
                 let mut l = s.launch_builder(&update);
-                l.arg(&x).arg(&n_i).arg(&k_i).arg(&d_i).arg(&first).arg(&sizes).arg(&offsets).arg(&members);
-                l.arg(&mut centroids).arg(&mut cn);
+                l.arg(&x).arg(&n_i).arg(&k_i).arg(&d_i).arg(&dp_i).arg(&first).arg(&sizes).arg(&offsets);
+                l.arg(&members).arg(&mut centroids).arg(&mut cn);
                 l.launch(grid(k, heads, 128, 0)).map_err(driver)?;
             }
         }

