@@ -126,7 +126,18 @@ fn ci() -> Result<(), String> {
     cargo(&["test", "--workspace", "--locked"])?;
     // The GPU side's own tests; without a GPU the GPU tests say so in one line each and pass.
     cargo(&["test", "--locked", "--package", "ckv-kernels", "--features", "cuda", "--lib"])?;
-    cargo(&["test", "--locked", "--package", "ckv-sim", "--features", "cuda", "--test", "gpu"])?;
+    cargo(&[
+        "test",
+        "--locked",
+        "--package",
+        "ckv-sim",
+        "--features",
+        "cuda",
+        "--test",
+        "gpu",
+        "--",
+        "--nocapture",
+    ])?;
     eprintln!("\nci: all checks passed");
     Ok(())
 }
