@@ -52,6 +52,15 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Fetch the default model and text, build in release and run `clusterkv cache-sim`:
+    /// ClusterKV with offload on the real model (8k context, B = 512, reuse 1, 2 and 4 by
+    /// default), per layer the device tier's hit rate and bytes fetched per step. Extra
+    /// arguments go to `clusterkv cache-sim`, e.g. `--json reports/cache.json`.
+    CacheSim {
+        /// Arguments passed to `clusterkv cache-sim`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Compile every CUDA kernel with NVRTC to PTX for sm_80 and sm_90 and print the ptxas
     /// report (registers, spills, shared memory); fails on a compile error or a spill. NVRTC,
     /// the headers and ptxas come from pinned NVIDIA wheels (pip), so no CUDA toolkit is
@@ -82,7 +91,8 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Task::Ci => ci(),
         Task::Demo { args } => demo(&args),
-        Task::Bench { args } => bench(&args),
+        Task::Bench { args } => passthrough("bench", &args),
+        Task::CacheSim { args } => passthrough("cache-sim", &args),
         Task::Kernels => kernels::kernels(),
         Task::GpuCheck { bundle, bench_args } => gpu::gpu_check(bundle.as_deref(), &bench_args),
         Task::Fetch { dir } => fetch(&dir.unwrap_or_else(assets::default_dir)),
@@ -151,9 +161,10 @@ fn demo(args: &[String]) -> Result<(), String> {
     clusterkv("eval", &all)
 }
 
-fn bench(args: &[String]) -> Result<(), String> {
+/// `clusterkv <command>` with the task's extra arguments.
+fn passthrough(command: &str, args: &[String]) -> Result<(), String> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    clusterkv("bench", &args)
+    clusterkv(command, &args)
 }
 
 /// Fetches the default model and text, then runs `clusterkv <command>` in release on them

@@ -1,5 +1,6 @@
 //! The configuration of one layer's decode pipeline, validated once.
 
+use ckv_cache::OffloadParams;
 use ckv_select::{Method, SelectParams, ValidSelectParams};
 
 use crate::AttnError;
@@ -15,13 +16,31 @@ pub struct PipelineConfig {
     dense_layers: usize,
     scale: Option<f32>,
     select: SelectParams,
+    offload: Option<OffloadParams>,
 }
 
 impl PipelineConfig {
     /// A layer with `n_q_heads` query heads, `n_kv_heads` KV heads of dimension `head_dim`;
     /// layer 0 of 0 dense layers, scale `1 / sqrt(head_dim)`, selection `select`.
     pub fn new(n_q_heads: usize, n_kv_heads: usize, head_dim: usize, select: SelectParams) -> Self {
-        Self { n_q_heads, n_kv_heads, head_dim, layer: 0, dense_layers: 0, scale: None, select }
+        Self {
+            n_q_heads,
+            n_kv_heads,
+            head_dim,
+            layer: 0,
+            dense_layers: 0,
+            scale: None,
+            select,
+            offload: None,
+        }
+    }
+
+    /// Turns offload on: each (sequence, KV head) attends through a device tier that keeps
+    /// the rows of the last `reuse` steps and fetches the rest from the host tier (outputs
+    /// do not change); the host KV may be capped.
+    pub fn offload(mut self, offload: OffloadParams) -> Self {
+        self.offload = Some(offload);
+        self
     }
 
     /// This layer's index and the number of leading layers that always attend densely.
@@ -106,6 +125,10 @@ impl ValidPipelineConfig {
     /// The selection parameters in force for this layer (dense for a dense layer).
     pub fn select(&self) -> &ValidSelectParams {
         &self.select
+    }
+    /// The offload settings, when offload is on.
+    pub fn offload(&self) -> Option<&OffloadParams> {
+        self.config.offload.as_ref()
     }
 }
 

@@ -3,13 +3,16 @@
 //! the new K/V, selects and attends on the GPU through `ckv-kernels`. The host keeps the
 //! full KV as well: prefill, clustering (every full tail window too) and the accessors run
 //! there, and the index is uploaded whenever it grows, so both backends select alike.
+//! With offload the sequence's KV lives in pinned host memory instead, and the device
+//! holds only its tier of recently attended rows, swapped on the GPU each step.
 
 use std::sync::Arc;
 
-use ckv_cache::HeadKv;
+use ckv_cache::{HeadKv, OffloadParams, TierStats};
 use ckv_cluster::{Element, RowData};
 use ckv_kernels::{
-    ATTENTION_SHAPES, DecodeScratch, DecodeStep, DeviceIndex, DeviceKv, Gpu, IndexParts, StepIds,
+    ATTENTION_SHAPES, DecodeScratch, DecodeStep, DeviceIndex, DeviceKv, Gpu, GpuTier, IndexParts, PinnedKv,
+    StepIds,
 };
 use ckv_select::{GqaPolicy, Method, Regions, Selector};
 
@@ -22,14 +25,22 @@ fn gpu_error(e: ckv_kernels::KernelError) -> AttnError {
 
 /// The device side of a pipeline: the GPU and each sequence's device state, by sequence
 /// slot.
-pub(crate) struct DeviceTier {
+pub(crate) struct GpuState {
     gpu: Arc<Gpu>,
     seqs: Vec<Option<DeviceSeq>>,
 }
 
+/// Where a sequence's KV lives on the GPU path.
+enum Storage {
+    /// All of it on the device.
+    Device(DeviceKv),
+    /// In pinned host memory, the recently attended rows in a device tier.
+    Offloaded { host: PinnedKv, tier: Box<GpuTier> },
+}
+
 /// One sequence on the device.
 struct DeviceSeq {
-    kv: DeviceKv,
+    kv: Storage,
     index: Option<DeviceIndex>,
     /// Clusters per head in the uploaded index (0: none).
     clusters: usize,
@@ -38,7 +49,7 @@ struct DeviceSeq {
     lists: Vec<Vec<u32>>,
 }
 
-impl DeviceTier {
+impl GpuState {
     /// The device side for `config`, refusing what the kernels do not cover: methods other
     /// than dense and ClusterKV, f32 KV, and group sizes or head dimensions not
     /// instantiated.
@@ -46,6 +57,9 @@ impl DeviceTier {
         let (g, d, method) = (config.group(), config.head_dim(), config.select().method());
         let bad =
             |name, value: String, expected: String| Err(AttnError::InvalidConfig { name, value, expected });
+        if config.offload().is_some() && !d.is_multiple_of(2) {
+            return bad("head_dim", d.to_string(), "even with offload on the GPU backend".into());
+        }
         if !matches!(method, Method::Dense | Method::ClusterKv) {
             return bad("method", method.to_string(), "dense or clusterkv on the GPU backend".into());
         }
@@ -72,15 +86,26 @@ impl DeviceTier {
         slot: usize,
         heads: &[(&HeadKv<E>, &dyn Selector<E>)],
         capacity: usize,
+        offload: Option<&OffloadParams>,
     ) -> Result<(), AttnError> {
         let gpu = &self.gpu;
         let d = heads.first().map_or(1, |(kv, _)| kv.d());
-        let mut kv = gpu
-            .kv(heads.len(), d, capacity.max(heads.first().map_or(0, |(kv, _)| kv.len() + 1)))
-            .map_err(gpu_error)?;
+        let capacity = capacity.max(heads.first().map_or(0, |(kv, _)| kv.len() + 1));
         let rows: Vec<(&[half::f16], &[half::f16])> =
             heads.iter().map(|(kv, _)| (f16_rows(kv.keys()), f16_rows(kv.values()))).collect();
-        gpu.upload_kv(&mut kv, &rows).map_err(gpu_error)?;
+        let kv = match offload {
+            None => {
+                let mut kv = gpu.kv(heads.len(), d, capacity).map_err(gpu_error)?;
+                gpu.upload_kv(&mut kv, &rows).map_err(gpu_error)?;
+                Storage::Device(kv)
+            }
+            Some(offload) => {
+                let mut host = gpu.pinned_kv(heads.len(), d, capacity).map_err(gpu_error)?;
+                gpu.extend_pinned(&mut host, &rows).map_err(gpu_error)?;
+                let tier = Box::new(gpu.tier(heads.len(), d, offload.reuse()).map_err(gpu_error)?);
+                Storage::Offloaded { host, tier }
+            }
+        };
         let mut seq = DeviceSeq {
             kv,
             index: None,
@@ -125,7 +150,11 @@ impl DeviceTier {
             .get_mut(slot)
             .and_then(Option::as_mut)
             .ok_or_else(|| AttnError::Gpu(format!("sequence slot {slot} has no device state")))?;
-        gpu.append_kv(&mut seq.kv, key, value).map_err(gpu_error)?;
+        match &mut seq.kv {
+            Storage::Device(kv) => gpu.append_kv(kv, key, value),
+            Storage::Offloaded { host, .. } => gpu.append_pinned(host, key, value),
+        }
+        .map_err(gpu_error)?;
         refresh_index(gpu, seq, heads)?;
         let select = config.select();
         let clustered = regions.clustered();
@@ -144,7 +173,14 @@ impl DeviceTier {
             ids,
             scale: config.scale(),
         };
-        gpu.decode_step(&seq.kv, seq.index.as_ref(), &step, query, &mut seq.scratch).map_err(gpu_error)?;
+        let index = seq.index.as_ref();
+        match &mut seq.kv {
+            Storage::Device(kv) => gpu.decode_step(kv, index, &step, query, &mut seq.scratch),
+            Storage::Offloaded { host, tier } => {
+                gpu.decode_step_offloaded(host, tier, index, &step, query, &mut seq.scratch)
+            }
+        }
+        .map_err(gpu_error)?;
         gpu.read_output(&seq.scratch, out).map_err(gpu_error)?;
         let per_head = selections.first().map_or(1, |s| s.len());
         if ids == StepIds::Dense {
@@ -163,6 +199,43 @@ impl DeviceTier {
             }
         }
         Ok(())
+    }
+}
+
+impl GpuState {
+    /// The offload traffic of (`slot`, `kv_head`), as the CPU tier counts it; `None`
+    /// without offload.
+    pub(crate) fn offload_stats(
+        &self,
+        slot: usize,
+        kv_head: usize,
+        row_bytes: u64,
+    ) -> Result<Option<TierStats>, AttnError> {
+        let Some(Storage::Offloaded { tier, .. }) =
+            self.seqs.get(slot).and_then(Option::as_ref).map(|s| &s.kv)
+        else {
+            return Ok(None);
+        };
+        let stats = self.gpu.tier_stats(tier).map_err(gpu_error)?;
+        let head = stats.get(kv_head).ok_or_else(|| AttnError::Gpu(format!("no KV head {kv_head}")))?;
+        Ok(Some(TierStats {
+            steps: u64::from(head.steps),
+            attended: head.attended,
+            hits: head.hits,
+            bytes_fetched: head.fetched * row_bytes,
+            bytes_no_cache: head.attended * row_bytes,
+            cold_bytes: head.cold * row_bytes,
+        }))
+    }
+
+    /// The tokens the device tier of (`slot`, `kv_head`) holds; `None` without offload.
+    pub(crate) fn resident(&self, slot: usize, kv_head: usize) -> Result<Option<Vec<u32>>, AttnError> {
+        let Some(Storage::Offloaded { tier, .. }) =
+            self.seqs.get(slot).and_then(Option::as_ref).map(|s| &s.kv)
+        else {
+            return Ok(None);
+        };
+        self.gpu.tier_resident(tier, kv_head).map(Some).map_err(gpu_error)
     }
 }
 
@@ -192,7 +265,7 @@ fn refresh_index<E: Element>(
     Ok(())
 }
 
-/// Rows of a store whose element is f16 ([`DeviceTier::new`] refuses any other).
+/// Rows of a store whose element is f16 ([`GpuState::new`] refuses any other).
 fn f16_rows<E: Element>(rows: &[E]) -> &[half::f16] {
     match E::row_data(rows) {
         RowData::F16(rows) => rows,

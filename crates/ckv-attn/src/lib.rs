@@ -9,6 +9,10 @@
 //!   decode steps (append, re-cluster every full tail window, select under the budget,
 //!   attend) for a batch of sequences of different lengths, parallel over (sequence, KV
 //!   head); layers below `dense_layers` attend densely.
+//! - Offload ([`PipelineConfig::offload`]): each (sequence, KV head) attends through a
+//!   device tier that keeps the rows of the last `reuse` steps and fetches only what a step
+//!   newly needs from the host tier; outputs are bitwise those without it, and
+//!   [`LayerPipeline::offload_stats`] gives the hit rate and the bytes fetched.
 //! - [`Backend`]: where decode steps run, chosen when the pipeline is built
 //!   ([`LayerPipeline::with_backend`]): the CPU, or with the feature `cuda` a GPU through
 //!   `ckv-kernels`, with the same API and the same selections.
@@ -42,6 +46,7 @@ mod prefill;
 
 pub use attention::{Selected, attend_rows, attend_selected, dense_attention, sparse_attention};
 pub use backend::Backend;
+pub use ckv_cache::{OffloadParams, TierStats};
 pub use config::{PipelineConfig, ValidPipelineConfig};
 pub use error::AttnError;
 pub use pipeline::{DecodeInput, LayerPipeline, PrefillInput, PrefillSnapshot, SeqId};

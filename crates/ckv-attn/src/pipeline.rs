@@ -3,14 +3,16 @@
 
 use std::fmt;
 
-use ckv_cache::HeadKv;
+use std::sync::Arc;
+
+use ckv_cache::{DeviceTier, HeadKv, HostBudget, HostReservation, TierStats};
 use ckv_cluster::{Element, ValueError, check_values};
 use ckv_index::ClusterIndex;
 use ckv_select::{GqaPolicy, Growth, Regions, Selector, StepCtx, derive_seed, new_selector, select_group};
 use rayon::prelude::*;
 
 #[cfg(feature = "cuda")]
-use crate::device::DeviceTier;
+use crate::device::GpuState;
 use crate::prefill::{HeadF32, causal_attention};
 use crate::{AttnError, Backend, Selected, ValidPipelineConfig, attend_selected};
 
@@ -83,6 +85,8 @@ struct HeadState<E: Element> {
     /// Attention each prompt token received from the prompt's queries (summed over the
     /// group), while in prefill; the selector observes it when the prefill ends.
     prompt_attention: Vec<f32>,
+    /// The device tier the attention reads through, when offload is on.
+    tier: Option<DeviceTier<E>>,
 }
 
 struct SeqState<E: Element> {
@@ -92,6 +96,8 @@ struct SeqState<E: Element> {
     prefilling: bool,
     /// The last step's output, `[Hq, d]`.
     out: Vec<f32>,
+    /// The host bytes of its KV, under the pipeline's host budget.
+    host: Option<HostReservation>,
 }
 
 impl<E: Element> SeqState<E> {
@@ -106,18 +112,22 @@ pub struct LayerPipeline<E: Element> {
     config: ValidPipelineConfig,
     seqs: Vec<Option<SeqState<E>>>,
     batch_slot: Vec<usize>,
+    /// The cap of the host KV of every sequence, when offload sets one.
+    host_budget: Option<Arc<HostBudget>>,
     /// The device side, when decode steps run on a GPU.
     #[cfg(feature = "cuda")]
-    device: Option<DeviceTier>,
+    device: Option<GpuState>,
 }
 
 impl<E: Element> LayerPipeline<E> {
     /// An empty pipeline decoding on the CPU.
     pub fn new(config: ValidPipelineConfig) -> Self {
+        let host_budget = config.offload().and_then(|o| o.host_capacity_bytes()).map(HostBudget::new);
         Self {
             config,
             seqs: Vec::new(),
             batch_slot: Vec::new(),
+            host_budget,
             #[cfg(feature = "cuda")]
             device: None,
         }
@@ -131,7 +141,7 @@ impl<E: Element> LayerPipeline<E> {
             Backend::Cpu => Ok(Self::new(config)),
             #[cfg(feature = "cuda")]
             Backend::Cuda(gpu) => {
-                let device = Some(DeviceTier::new::<E>(gpu, &config)?);
+                let device = Some(GpuState::new::<E>(gpu, &config)?);
                 Ok(Self { device, ..Self::new(config) })
             }
         }
@@ -158,6 +168,7 @@ impl<E: Element> LayerPipeline<E> {
     /// Adds an empty sequence in prefill: its prompt comes in chunks through
     /// [`extend`](Self::extend), then [`finish_prefill`](Self::finish_prefill) clusters it.
     pub fn add_sequence(&mut self) -> Result<SeqId, AttnError> {
+        let on_device = self.on_device();
         let cfg = &self.config;
         let (hq, d, select) = (cfg.n_q_heads(), cfg.head_dim(), cfg.select());
         let capacity = select.max_context().unwrap_or(0);
@@ -175,12 +186,21 @@ impl<E: Element> LayerPipeline<E> {
                         .collect(),
                     probs: Vec::with_capacity(attended * cfg.group()),
                     prompt_attention: Vec::new(),
+                    // On the GPU backend the tier lives on the device.
+                    tier: cfg.offload().filter(|_| !on_device).map(|o| DeviceTier::new(d, o)).transpose()?,
                 })
             })
             .collect::<Result<Vec<_>, AttnError>>()?;
         let clustered_end = select.sink() as u32;
         // Ids are never reused, so a stale id of a removed sequence stays unknown.
-        self.seqs.push(Some(SeqState { heads, clustered_end, prefilling: true, out: vec![0.0; hq * d] }));
+        let host = self.host_budget.as_ref().map(HostBudget::reserve);
+        self.seqs.push(Some(SeqState {
+            heads,
+            clustered_end,
+            prefilling: true,
+            out: vec![0.0; hq * d],
+            host,
+        }));
         Ok(SeqId(self.seqs.len() - 1))
     }
 
@@ -216,6 +236,9 @@ impl<E: Element> LayerPipeline<E> {
             return Err(ckv_select::SelectError::ContextTooLong { context, max_context }.into());
         }
         let Some(Some(state)) = self.seqs.get_mut(seq.0) else { return Err(AttnError::UnknownSequence(seq)) };
+        if let Some(host) = &mut state.host {
+            host.grow(n * token_bytes::<E>(cfg))?;
+        }
         let base = state.len();
         for (h, head) in state.heads.iter_mut().enumerate() {
             let rows = |src: &[f32]| -> Vec<f32> {
@@ -249,7 +272,7 @@ impl<E: Element> LayerPipeline<E> {
         if let Some(device) = &mut self.device {
             let heads: Vec<_> = state.heads.iter().map(|h| (&h.kv, h.selector.as_ref())).collect();
             let capacity = self.config.select().max_context().unwrap_or(0);
-            device.upload(seq.0, &heads, capacity)?;
+            device.upload(seq.0, &heads, capacity, self.config.offload())?;
         }
         state.clustered_end = prompt.max(sink);
         state.prefilling = false;
@@ -289,6 +312,13 @@ impl<E: Element> LayerPipeline<E> {
         }
         let seq = self.add_sequence()?;
         let Some(Some(state)) = self.seqs.get_mut(seq.0) else { return Err(AttnError::UnknownSequence(seq)) };
+        let bytes = context * token_bytes::<E>(&self.config);
+        if let Some(host) = &mut state.host
+            && let Err(full) = host.grow(bytes)
+        {
+            self.seqs[seq.0] = None;
+            return Err(full.into());
+        }
         for (head, (kv, attention)) in state.heads.iter_mut().zip(&snapshot.heads) {
             head.kv.extend_from(kv)?;
             head.prompt_attention.clone_from(attention);
@@ -334,25 +364,42 @@ impl<E: Element> LayerPipeline<E> {
                 return Err(ckv_select::SelectError::ContextTooLong { context, max_context }.into());
             }
         }
-        #[cfg(feature = "cuda")]
-        if let Some(device) = &mut self.device {
-            for (input, out) in batch.iter().zip(out.chunks_exact_mut(hq * d)) {
-                let Some(Some(state)) = self.seqs.get_mut(input.seq.0) else {
-                    return Err(AttnError::UnknownSequence(input.seq));
-                };
-                decode_one_device(cfg, state, device, input, out)?;
-            }
-            return Ok(());
+        // The host tier must take one more token of every sequence of the batch.
+        let grow = token_bytes::<E>(cfg);
+        if let Some(budget) = &self.host_budget
+            && budget.used() + batch.len() * grow > budget.capacity()
+        {
+            let (needed, used, capacity) = (batch.len() * grow, budget.used(), budget.capacity());
+            return Err(ckv_cache::CacheError::HostFull { needed, used, capacity }.into());
         }
-        // Every sequence of the batch decodes into its own output buffer, in parallel; then
-        // the buffers are copied out in batch order. No allocation once the buffers exist.
-        let slots = &self.batch_slot;
-        self.seqs.par_iter_mut().zip(slots).try_for_each(|(state, &b)| match (state, batch.get(b)) {
-            (Some(state), Some(input)) => decode_one(cfg, state, input),
-            _ => Ok(()),
-        })?;
-        for (input, out) in batch.iter().zip(out.chunks_exact_mut(hq * d)) {
-            out.copy_from_slice(&self.state(input.seq)?.out);
+        if self.on_device() {
+            #[cfg(feature = "cuda")]
+            if let Some(device) = &mut self.device {
+                for (input, out) in batch.iter().zip(out.chunks_exact_mut(hq * d)) {
+                    let Some(Some(state)) = self.seqs.get_mut(input.seq.0) else {
+                        return Err(AttnError::UnknownSequence(input.seq));
+                    };
+                    decode_one_device(cfg, state, device, input, out)?;
+                }
+            }
+        } else {
+            // Every sequence of the batch decodes into its own output buffer, in parallel;
+            // then the buffers are copied out in batch order. No allocation once the
+            // buffers exist.
+            let slots = &self.batch_slot;
+            self.seqs.par_iter_mut().zip(slots).try_for_each(|(state, &b)| match (state, batch.get(b)) {
+                (Some(state), Some(input)) => decode_one(cfg, state, input),
+                _ => Ok(()),
+            })?;
+            for (input, out) in batch.iter().zip(out.chunks_exact_mut(hq * d)) {
+                out.copy_from_slice(&self.state(input.seq)?.out);
+            }
+        }
+        for input in batch {
+            if let Some(Some(SeqState { host: Some(host), .. })) = self.seqs.get_mut(input.seq.0) {
+                // Checked above: the budget has room for the whole batch.
+                host.grow(grow)?;
+            }
         }
         Ok(())
     }
@@ -403,6 +450,42 @@ impl<E: Element> LayerPipeline<E> {
         Ok(&head.selections[which])
     }
 
+    /// The traffic of the device tier of (`seq`, `kv_head`): `None` when offload is off.
+    pub fn offload_stats(&self, seq: SeqId, kv_head: usize) -> Result<Option<TierStats>, AttnError> {
+        let head = self.head(seq, kv_head)?;
+        #[cfg(feature = "cuda")]
+        if let Some(device) = &self.device {
+            let row_bytes = (2 * self.config.head_dim() * size_of::<E>()) as u64;
+            return device.offload_stats(seq.0, kv_head, row_bytes);
+        }
+        Ok(head.tier.as_ref().map(DeviceTier::stats))
+    }
+
+    /// The tokens the device tier of (`seq`, `kv_head`) holds, ascending: `None` when
+    /// offload is off.
+    pub fn resident(&self, seq: SeqId, kv_head: usize) -> Result<Option<Vec<u32>>, AttnError> {
+        let head = self.head(seq, kv_head)?;
+        #[cfg(feature = "cuda")]
+        if let Some(device) = &self.device {
+            return device.resident(seq.0, kv_head);
+        }
+        Ok(head.tier.as_ref().map(DeviceTier::resident))
+    }
+
+    /// Whether decode steps run on a GPU.
+    fn on_device(&self) -> bool {
+        #[cfg(feature = "cuda")]
+        if self.device.is_some() {
+            return true;
+        }
+        false
+    }
+
+    /// Host bytes of KV held under the offload's host cap (`None` without a cap).
+    pub fn host_bytes_used(&self) -> Option<usize> {
+        self.host_budget.as_ref().map(|b| b.used())
+    }
+
     /// The host KV of (`seq`, `kv_head`).
     pub fn kv(&self, seq: SeqId, kv_head: usize) -> Result<&HeadKv<E>, AttnError> {
         Ok(&self.head(seq, kv_head)?.kv)
@@ -421,6 +504,11 @@ impl<E: Element> LayerPipeline<E> {
             expected: format!("below {n}"),
         })
     }
+}
+
+/// Host bytes of one token's KV over every KV head.
+fn token_bytes<E: Element>(cfg: &ValidPipelineConfig) -> usize {
+    2 * cfg.n_kv_heads() * cfg.head_dim() * size_of::<E>()
 }
 
 /// Dense causal attention of a prompt chunk whose first token is at `base`; each KV head
@@ -451,7 +539,7 @@ fn prefill_attention<E: Element>(
 fn decode_one_device<E: Element>(
     cfg: &ValidPipelineConfig,
     state: &mut SeqState<E>,
-    device: &mut DeviceTier,
+    device: &mut GpuState,
     input: &DecodeInput<'_>,
     out: &mut [f32],
 ) -> Result<(), AttnError> {
@@ -521,19 +609,25 @@ fn decode_one<E: Element>(
             }
             let step = StepCtx { queries, n_queries: g, keys: head.kv.keys(), d, regions };
             select_group(head.selector.as_mut(), select, &step, &mut head.selections)?;
-            let (kv, observe) = (&head.kv, |ids: &[u32], probs: &[f32]| head.selector.observe(ids, probs));
-            let selected = Selected { lists: &head.selections, context: regions.context() };
-            attend_selected(
-                queries,
-                d,
-                kv.keys(),
-                kv.values(),
-                selected,
-                cfg.scale(),
-                &mut head.probs,
-                out,
-                observe,
-            );
+            let lists = &head.selections;
+            // With offload the attention reads the device tier's slots: the same rows in the
+            // same order, so the same result, bitwise.
+            let (keys, values, read) = match &mut head.tier {
+                Some(tier) => {
+                    tier.step(&head.kv, lists, t)?;
+                    (tier.keys(), tier.values(), tier.slot_lists())
+                }
+                None => (head.kv.keys(), head.kv.values(), &lists[..]),
+            };
+            // The selector observes token ids: the i-th call is about the i-th list (every
+            // list alike when they are shared).
+            let mut call = 0;
+            let observe = |_: &[u32], probs: &[f32]| {
+                head.selector.observe(&lists[call.min(lists.len() - 1)], probs);
+                call += 1;
+            };
+            let selected = Selected { lists: read, context: regions.context() };
+            attend_selected(queries, d, keys, values, selected, cfg.scale(), &mut head.probs, out, observe);
             Ok::<(), AttnError>(())
         })?;
     state.clustered_end = clustered_end;

@@ -1,9 +1,13 @@
 //! KV storage tiers of ClusterKV.
 //!
-//! Today this crate holds the host tier: [`HeadKv`], the full key and value rows of one
-//! (sequence, layer, KV head), appended token by token and gathered by token ids. Nothing
-//! is ever evicted, so any token can be recalled later. The device working set and the
-//! offload policy arrive in a later release.
+//! - The host tier: [`HeadKv`], the full key and value rows of one (sequence, layer, KV
+//!   head), appended token by token and gathered by token ids. Nothing is ever evicted, so
+//!   any token can be recalled later. A [`HostBudget`] may cap the host KV of a pipeline.
+//! - The device tier: [`DeviceTier`], the working set of one (sequence, layer, KV head):
+//!   slots for the attended rows, kept across steps while any of the last `reuse` steps
+//!   ([`OffloadParams`]) attended them, so only the rows a step newly needs are fetched;
+//!   [`TierStats`] counts hits and bytes. It lives in host memory here (the CPU path and
+//!   `clusterkv cache-sim`); the GPU path runs the same policy on the device.
 //!
 //! ```
 //! use ckv_cache::HeadKv;
@@ -19,9 +23,14 @@
 //! assert_eq!(v[3].to_f32(), 6.0);
 //! ```
 
+mod budget;
 mod huge_pages;
+mod tier;
 
 use ckv_cluster::{Element, ValueError, check_values};
+
+pub use budget::{HostBudget, HostReservation};
+pub use tier::{DeviceTier, OffloadParams, TierStats};
 
 /// Errors of the KV store.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -32,6 +41,26 @@ pub enum CacheError {
     /// Rows of the wrong length, or values that are not finite or do not fit the storage type.
     #[error(transparent)]
     Value(#[from] ValueError),
+    /// A setting out of range.
+    #[error("invalid {name} = {value}: expected {expected}")]
+    InvalidParam {
+        /// The setting.
+        name: &'static str,
+        /// Its value.
+        value: String,
+        /// What is accepted.
+        expected: &'static str,
+    },
+    /// The host tier's budget cannot take more KV.
+    #[error("the host KV store is full: {needed} more bytes asked, {used} of {capacity} in use")]
+    HostFull {
+        /// Bytes asked for.
+        needed: usize,
+        /// Bytes in use.
+        used: usize,
+        /// The budget.
+        capacity: usize,
+    },
     /// A token id beyond the stored tokens.
     #[error("token id {id} is out of range: {len} tokens are stored")]
     TokenOutOfRange {

@@ -32,7 +32,7 @@ pub use compile::{KernelError, compile_ptx, default_include_dirs};
 pub use gpu::ATTENTION_SHAPES;
 #[cfg(feature = "cuda")]
 pub use gpu::{
-    DecodeScratch, DecodeStep, DeviceClustering, DeviceIndex, DeviceKv, Gpu, GpuTimer, IndexParts, L2Flush,
-    StepIds,
+    DecodeScratch, DecodeStep, DeviceClustering, DeviceIndex, DeviceKv, Gpu, GpuTier, GpuTierStats, GpuTimer,
+    IndexParts, L2Flush, PinnedKv, StepIds,
 };
 pub use sources::{ARCHS, KernelSource, SOURCES};

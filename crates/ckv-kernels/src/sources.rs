@@ -15,6 +15,7 @@ pub const SOURCES: &[KernelSource] = &[
     KernelSource { name: "kmeans", code: include_str!("../kernels/kmeans.cu") },
     KernelSource { name: "kv", code: include_str!("../kernels/kv.cu") },
     KernelSource { name: "select", code: include_str!("../kernels/select.cu") },
+    KernelSource { name: "tier", code: include_str!("../kernels/tier.cu") },
 ];
 
 /// The GPU architectures every kernel is compiled for: A100 (`sm_80`) and H100/H200

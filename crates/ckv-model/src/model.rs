@@ -4,7 +4,10 @@
 
 use std::path::Path;
 
-use ckv_attn::{DecodeInput, LayerPipeline, PipelineConfig, PrefillInput, PrefillSnapshot, SeqId};
+use ckv_attn::{
+    DecodeInput, LayerPipeline, OffloadParams, PipelineConfig, PrefillInput, PrefillSnapshot, SeqId,
+    TierStats,
+};
 use ckv_select::SelectParams;
 use half::f16;
 use rayon::prelude::*;
@@ -43,12 +46,27 @@ impl Model {
     /// A runner whose attention selects with `select` in every layer from `dense_layers` on
     /// (the layers before attend densely).
     pub fn runner(&self, select: &SelectParams, dense_layers: usize) -> Result<Runner<'_>, ModelError> {
+        self.runner_with(select, dense_layers, None)
+    }
+
+    /// [`runner`](Self::runner), with offload on in every layer when `offload` is given
+    /// (each KV head attends through a device tier; outputs do not change).
+    pub fn runner_with(
+        &self,
+        select: &SelectParams,
+        dense_layers: usize,
+        offload: Option<OffloadParams>,
+    ) -> Result<Runner<'_>, ModelError> {
         let c = &self.config;
         let layers = (0..c.n_layers)
             .map(|l| {
                 let config = PipelineConfig::new(c.n_heads, c.n_kv_heads, c.head_dim, select.clone())
-                    .layer(l, dense_layers)
-                    .validate()?;
+                    .layer(l, dense_layers);
+                let config = match offload {
+                    Some(offload) => config.offload(offload),
+                    None => config,
+                }
+                .validate()?;
                 Ok(LayerPipeline::new(config))
             })
             .collect::<Result<Vec<_>, ModelError>>()?;
@@ -286,6 +304,26 @@ impl Runner<'_> {
                 Err(err)
             }
         }
+    }
+
+    /// The device-tier traffic of `seq` in every layer, summed over its KV heads: `None`
+    /// for a runner without offload.
+    pub fn offload_stats(&self, seq: &Sequence) -> Result<Option<Vec<TierStats>>, ModelError> {
+        let heads = self.model.config.n_kv_heads;
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for (layer, &id) in self.layers.iter().zip(&seq.ids) {
+            let mut total: Option<TierStats> = None;
+            for h in 0..heads {
+                if let Some(stats) = layer.offload_stats(id, h)? {
+                    total = Some(total.map_or(stats, |t| t.merged(stats)));
+                }
+            }
+            match total {
+                Some(total) => layers.push(total),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(layers))
     }
 
     /// Decodes one token for each `(sequence, token)` of `batch` (distinct sequences).

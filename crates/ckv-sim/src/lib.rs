@@ -34,6 +34,7 @@
 //! ```
 
 mod bench;
+mod cache_sim;
 mod error;
 mod eval;
 mod metrics;
@@ -50,6 +51,7 @@ pub use bench::{
 };
 #[cfg(feature = "cuda")]
 pub use bench::{GpuBenchConfig, GpuBenchReport, gpu_bench_tables, run_gpu_bench};
+pub use cache_sim::{CacheSimConfig, CacheSimRecord, cache_sim, cache_sim_table};
 pub use error::SimError;
 pub use eval::{EvalConfig, evaluate};
 pub use metrics::{Fidelity, FidelityScratch, fidelity};

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 
 use std::sync::Arc;
 
-use ckv_attn::{Backend, DecodeInput, LayerPipeline, PipelineConfig, PrefillInput, sparse_attention};
+use ckv_attn::{
+    Backend, DecodeInput, LayerPipeline, OffloadParams, PipelineConfig, PrefillInput, sparse_attention,
+};
 use ckv_kernels::{Gpu, IndexParts, KernelError};
 use ckv_select::{GqaPolicy, Method, SelectParams};
 use ckv_sim::{Trace, TraceConfig};
@@ -368,4 +370,74 @@ fn gpu_backend_refuses_what_its_kernels_do_not_cover() {
     let odd = PipelineConfig::new(5, 1, 96, SelectParams::new(Method::ClusterKv)).validate().unwrap();
     let err = LayerPipeline::<f16>::with_backend(odd, Backend::Cuda(gpu)).err().unwrap();
     assert!(err.to_string().contains("5 x 96"), "{err}");
+}
+
+/// Offload on the GPU: host KV in pinned memory, the device tier swapped by `tier.cu`.
+/// Outputs are bitwise those of the GPU pipeline without offload; the tier holds what the
+/// CPU tier holds after every step, and counts the same traffic.
+#[test]
+fn gpu_offload_changes_no_output_and_keeps_the_cpu_tier() {
+    let Some(gpu) = gpu() else { return };
+    let gpu = Arc::new(gpu);
+    let config = ProptestConfig { cases: 6, ..ProptestConfig::default() };
+    proptest!(config, |(
+        method in prop::sample::select(vec![Method::ClusterKv, Method::ClusterKv, Method::Dense]),
+        per_kv_head in any::<bool>(),
+        budget in prop::sample::select(vec![64usize, 300, 5000]),
+        reuse in 1usize..5,
+        seed in 0u64..1000,
+    )| {
+        let (hq, hkv, d, steps) = (8, 2, 128, 120);
+        let trace = Trace::generate(&TraceConfig {
+            context: 900,
+            steps,
+            head_dim: d,
+            n_q_heads: hq,
+            n_kv_heads: hkv,
+            topics: 16,
+            seed,
+            ..TraceConfig::default()
+        })
+        .unwrap();
+        let policy = if per_kv_head { GqaPolicy::PerKvHead } else { GqaPolicy::PerQueryHead };
+        let select = SelectParams::new(method).budget(budget).gqa(policy).seed(seed);
+        let plain = PipelineConfig::new(hq, hkv, d, select.clone()).validate().unwrap();
+        let offload =
+            PipelineConfig::new(hq, hkv, d, select).offload(OffloadParams::new(reuse).unwrap()).validate().unwrap();
+        let mut layers = [
+            LayerPipeline::<f16>::with_backend(plain, Backend::Cuda(gpu.clone())).unwrap(),
+            LayerPipeline::<f16>::with_backend(offload.clone(), Backend::Cuda(gpu.clone())).unwrap(),
+            LayerPipeline::<f16>::new(offload),
+        ];
+        let input = PrefillInput {
+            keys: trace.prefix(&trace.keys, 900),
+            values: trace.prefix(&trace.values, 900),
+            queries: None,
+        };
+        let seqs: Vec<_> = layers.iter_mut().map(|l| l.prefill(input, None).unwrap()).collect();
+        let mut outs = vec![vec![0.0f32; hq * d]; 3];
+        for step in 0..steps {
+            for ((layer, &seq), out) in layers.iter_mut().zip(&seqs).zip(&mut outs) {
+                let input = DecodeInput {
+                    seq,
+                    query: trace.query(step),
+                    key: trace.token(&trace.keys, 900 + step),
+                    value: trace.token(&trace.values, 900 + step),
+                };
+                layer.decode(&[input], out).unwrap();
+            }
+            let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+            prop_assert_eq!(bits(&outs[0]), bits(&outs[1]), "step {}: offload changed the GPU output", step);
+            for h in 0..hkv {
+                prop_assert_eq!(
+                    layers[1].resident(seqs[1], h).unwrap(),
+                    layers[2].resident(seqs[2], h).unwrap(),
+                    "step {} head {}", step, h
+                );
+            }
+        }
+        for h in 0..hkv {
+            prop_assert_eq!(layers[1].offload_stats(seqs[1], h).unwrap(), layers[2].offload_stats(seqs[2], h).unwrap());
+        }
+    });
 }

@@ -157,3 +157,63 @@ fn a_missing_model_is_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent/model.gguf") && err.contains("cargo xtask fetch"), "{err}");
 }
+
+/// `clusterkv cache-sim` on a short context: a record per (reuse, layer); dense layers
+/// fetch nothing after the first step; a longer reuse window never hits less; bad settings
+/// are refused by name.
+#[test]
+fn cache_sim_reports_every_layer_and_reuse_window() {
+    let Some((model, text)) = assets() else {
+        eprintln!("skipped: no default model or text (run `cargo xtask fetch`)");
+        return;
+    };
+    let json = std::env::temp_dir().join(format!("ckv-cache-sim-{}.json", std::process::id()));
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_clusterkv"))
+            .args(["cache-sim", "--context", "200", "--budget", "64", "--steps", "12"])
+            .args(extra)
+            .arg("--model")
+            .arg(&model)
+            .arg("--text")
+            .arg(&text)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--reuse", "1,3", "--json", json.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let records: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&json);
+    let layers = records.len() / 2;
+    assert!(layers > 2 && records.len() == 2 * layers, "{records:?}");
+    for r in &records {
+        for field in ["layer", "reuse", "hit_rate", "bytes_per_step", "bytes_per_step_no_cache"] {
+            assert!(r.get(field).is_some(), "{field} missing in {r}");
+        }
+        let (hit, fetched, no_cache) = (
+            r["hit_rate"].as_f64().unwrap(),
+            r["bytes_per_step"].as_f64().unwrap(),
+            r["bytes_per_step_no_cache"].as_f64().unwrap(),
+        );
+        assert!((0.0..=1.0).contains(&hit) && fetched <= no_cache && no_cache > 0.0, "{r}");
+        if r["method"] == "dense" {
+            assert_eq!((hit, fetched), (1.0, 0.0), "a dense layer holds everything: {r}");
+        }
+    }
+    for layer in 0..layers {
+        let (one, three) = (&records[layer], &records[layers + layer]);
+        assert_eq!((one["reuse"].as_u64(), three["reuse"].as_u64()), (Some(1), Some(3)));
+        assert!(three["hit_rate"].as_f64() >= one["hit_rate"].as_f64(), "{one} {three}");
+    }
+    let sparse_hits: f64 = records[2..layers].iter().map(|r| r["hit_rate"].as_f64().unwrap()).sum();
+    assert!(sparse_hits > 0.0, "consecutive steps reuse some rows");
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.contains("Sparse layers together"), "{table}");
+    let bad = run(&["--reuse", "0"]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("reuse = 0"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}

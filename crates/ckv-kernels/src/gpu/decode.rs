@@ -3,6 +3,7 @@
 //! every row, dense) and the merge of its chunks.
 
 use cudarc::driver::{CudaSlice, PushKernelArg};
+use half::f16;
 
 use super::index::{MAX_CLUSTERS, MAX_D};
 use super::{Gpu, driver, grid, int};
@@ -24,6 +25,17 @@ const BLOCKS_PER_SM: usize = 8;
 
 /// The fewest ids an attention block takes: fewer would leave its warps idle.
 const MIN_CHUNK: usize = 32;
+
+/// KV rows the attention kernels read: `[heads, _, d]` f16, `head_stride` elements from one
+/// head to the next (a sequence's [`DeviceKv`], or the slots of its device tier).
+#[derive(Clone, Copy)]
+pub(super) struct KvRows<'a> {
+    pub keys: &'a CudaSlice<f16>,
+    pub values: &'a CudaSlice<f16>,
+    pub heads: usize,
+    pub d: usize,
+    pub head_stride: usize,
+}
 
 /// Which KV rows a step attends to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,7 +120,7 @@ pub struct DecodeScratch {
     pub(super) query_values: usize,
     /// Lists of the last step, ids per list, and whether they were written.
     lists: usize,
-    attended: usize,
+    pub(super) attended: usize,
     has_ids: bool,
 }
 
@@ -170,7 +182,19 @@ impl Gpu {
         queries: &[f32],
         scratch: &mut DecodeScratch,
     ) -> Result<(), KernelError> {
-        let (heads, d, g) = (kv.heads(), kv.d(), step.group);
+        self.upload_queries_for(kv.heads(), kv.d(), step, queries, scratch)
+    }
+
+    /// [`upload_queries`](Self::upload_queries) for `heads` KV heads of dimension `d`.
+    pub(super) fn upload_queries_for(
+        &self,
+        heads: usize,
+        d: usize,
+        step: &DecodeStep,
+        queries: &[f32],
+        scratch: &mut DecodeScratch,
+    ) -> Result<(), KernelError> {
+        let g = step.group;
         if queries.len() != heads * g * d {
             return Err(KernelError::Shape(format!(
                 "{} query values for {heads} x {g} heads of dimension {d}",
@@ -202,6 +226,18 @@ impl Gpu {
                 kv.len()
             )));
         }
+        self.prepare_lists(index, step, heads, scratch)?;
+        self.attend(kv, step, scratch)
+    }
+
+    /// Sizes the id buffers of a step and writes its lists (or their lengths, dense).
+    pub(super) fn prepare_lists(
+        &self,
+        index: Option<&DeviceIndex>,
+        step: &DecodeStep,
+        heads: usize,
+        scratch: &mut DecodeScratch,
+    ) -> Result<(), KernelError> {
         let (lists, attended) = (step.lists(heads), step.attended());
         at_least(self, &mut scratch.n_ids, lists)?;
         scratch.has_ids = step.ids != StepIds::Dense;
@@ -209,8 +245,7 @@ impl Gpu {
             at_least(self, &mut scratch.ids, lists * attended)?;
         }
         (scratch.lists, scratch.attended) = (lists, attended);
-        self.step_ids(index, step, heads, lists, scratch)?;
-        self.attend(kv, step, scratch)
+        self.step_ids(index, step, heads, lists, scratch)
     }
 
     /// The attention of the last [`decode_step`](Self::decode_step) again, over the id
@@ -222,7 +257,17 @@ impl Gpu {
         step: &DecodeStep,
         scratch: &mut DecodeScratch,
     ) -> Result<(), KernelError> {
-        let (heads, d, g) = (kv.heads(), kv.d(), step.group);
+        self.attend_rows(kv.rows(), step, scratch)
+    }
+
+    /// [`attend`](Self::attend) over any KV rows.
+    pub(super) fn attend_rows(
+        &self,
+        kv: KvRows<'_>,
+        step: &DecodeStep,
+        scratch: &mut DecodeScratch,
+    ) -> Result<(), KernelError> {
+        let (heads, d, g) = (kv.heads, kv.d, step.group);
         let (lists, attended) = (step.lists(heads), step.attended());
         if (lists, attended) != (scratch.lists, scratch.attended) {
             return Err(KernelError::Shape(format!(
@@ -368,7 +413,7 @@ impl Gpu {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn attention_into(
         &self,
-        kv: &DeviceKv,
+        kv: KvRows<'_>,
         heads_per_kv: usize,
         work_heads: usize,
         rows: usize,
@@ -378,7 +423,7 @@ impl Gpu {
         scale: f32,
         scratch: &mut DecodeScratch,
     ) -> Result<(), KernelError> {
-        let d = kv.d();
+        let d = kv.d;
         let chunk_len = chunk_len.max(1);
         let chunks = attended.div_ceil(chunk_len).max(1);
         at_least(self, &mut scratch.part_out, work_heads * rows * chunks * d)?;
@@ -388,12 +433,12 @@ impl Gpu {
         let s = &self.stream;
         let chunk = self.function("attention", &format!("attention_chunk_g{rows}_d{d}"))?;
         let merge = self.function("attention", &format!("attention_merge_d{d}"))?;
-        let (head_stride, heads_per_kv) = (kv.head_stride() as i64, int("heads per KV head", heads_per_kv)?);
+        let (head_stride, heads_per_kv) = (kv.head_stride as i64, int("heads per KV head", heads_per_kv)?);
         let (ids_stride, chunk_len_i, chunks_i) =
             (int("ids", attended)?, int("chunk", chunk_len)?, int("chunks", chunks)?);
         let null = 0u64;
         let mut l = s.launch_builder(&chunk);
-        l.arg(&kv.keys).arg(&kv.values).arg(&head_stride).arg(&heads_per_kv).arg(&scratch.queries);
+        l.arg(kv.keys).arg(kv.values).arg(&head_stride).arg(&heads_per_kv).arg(&scratch.queries);
         if has_ids {
             l.arg(&scratch.ids);
         } else {

@@ -51,7 +51,7 @@ impl Gpu {
         if let Some(ids) = ids {
             scratch.ids = s.clone_htod(ids).map_err(driver)?;
         }
-        self.attention_into(&kv, 1, 1, g, ids.is_some(), n, chunk_len, scale, &mut scratch)?;
+        self.attention_into(kv.rows(), 1, 1, g, ids.is_some(), n, chunk_len, scale, &mut scratch)?;
         let mut out = vec![0.0; g * d];
         self.read_output(&scratch, &mut out)?;
         Ok(out)

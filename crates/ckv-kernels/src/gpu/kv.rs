@@ -51,6 +51,17 @@ impl DeviceKv {
     pub(super) fn head_stride(&self) -> usize {
         self.capacity * self.d
     }
+
+    /// The rows for the attention kernels.
+    pub(super) fn rows(&self) -> super::decode::KvRows<'_> {
+        super::decode::KvRows {
+            keys: &self.keys,
+            values: &self.values,
+            heads: self.heads,
+            d: self.d,
+            head_stride: self.head_stride(),
+        }
+    }
 }
 
 impl Gpu {

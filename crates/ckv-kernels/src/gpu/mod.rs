@@ -6,6 +6,7 @@ mod decode;
 mod host;
 mod index;
 mod kv;
+mod offload;
 mod timing;
 
 use std::path::PathBuf;
@@ -19,6 +20,7 @@ use crate::{KernelError, SOURCES, compile_ptx};
 pub use decode::{ATTENTION_SHAPES, DecodeScratch, DecodeStep, StepIds};
 pub use index::{DeviceClustering, DeviceIndex, IndexParts};
 pub use kv::DeviceKv;
+pub use offload::{GpuTier, GpuTierStats, PinnedKv};
 pub use timing::{GpuTimer, L2Flush};
 
 /// A GPU with every kernel loaded, and the stream all work goes to, in order.

@@ -55,6 +55,34 @@ enum Command {
     /// budgets 1024 and 2048, the sparse attention kernels' bandwidth share, clustering one
     /// layer at 32k. Needs the `cuda` feature, a GPU and NVRTC (`cargo xtask gpu-check`).
     GpuBench(GpuBenchArgs),
+    /// The device tier on the real model: ClusterKV decoding with offload, per layer the hit
+    /// rate and the bytes fetched per step for each reuse window, against fetching the whole
+    /// selection every step.
+    CacheSim(CacheSimArgs),
+}
+
+#[derive(clap::Args)]
+struct CacheSimArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// Text file (the prompt).
+    #[arg(long, default_value = DEFAULT_TEXT)]
+    text: PathBuf,
+    /// Context at the last step: prompt plus decoded tokens.
+    #[arg(long, default_value_t = 8192)]
+    context: usize,
+    /// ClusterKV's budget.
+    #[arg(long, default_value_t = 512)]
+    budget: usize,
+    /// Tokens decoded (greedy).
+    #[arg(long, default_value_t = 64)]
+    steps: usize,
+    /// Reuse windows, comma separated: steps whose attended rows the device tier keeps.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    reuse: Vec<usize>,
+    /// Also write the records as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -316,6 +344,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Generate(args) => generate_command(args),
         Command::Bench(args) => bench_command(args),
         Command::GpuBench(args) => gpu_bench_command(args),
+        Command::CacheSim(args) => cache_sim_command(args),
     }
 }
 
@@ -352,6 +381,27 @@ fn bench_command(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
     eprintln!("bench done in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn cache_sim_command(args: CacheSimArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let started = Instant::now();
+    let config = ckv_sim::CacheSimConfig {
+        context: args.context,
+        budget: args.budget,
+        steps: args.steps,
+        reuse: args.reuse,
+        dense_layers: args.model.dense_layers,
+    };
+    let (model, tokenizer) = load(&args.model.model)?;
+    let tokens = read_text(&args.text, &tokenizer)?;
+    let records = ckv_sim::cache_sim(&config, &model, &tokens)?;
+    println!("{}", ckv_sim::cache_sim_table(&config, &records));
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&records)?)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    eprintln!("cache-sim done in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }
 

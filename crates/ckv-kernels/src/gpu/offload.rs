@@ -1,0 +1,390 @@
+//! Offload on the GPU: the host tier in pinned host memory mapped into the GPU's address
+//! space ([`PinnedKv`]), the device tier's slots and bookkeeping on the device
+//! ([`GpuTier`]), and a decode step whose swap (which rows stay, which are fetched, into
+//! which slots) runs on the GPU (`tier.cu`), reading missing rows straight from host
+//! memory, before the attention reads the slots.
+
+use cudarc::driver::{CudaSlice, PinnedHostSlice, PushKernelArg, sys};
+use half::f16;
+
+use super::decode::KvRows;
+use super::{Gpu, driver, grid, int};
+use crate::{DecodeScratch, DecodeStep, DeviceIndex, KernelError, StepIds};
+
+/// A slot or token that is not there (`tier.cu`'s NONE).
+const NONE: u32 = u32::MAX;
+
+/// Threads of a `tier_step` block.
+const TIER_THREADS: u32 = 1024;
+
+/// The host tier of one sequence: f16 keys and values of every KV head, `[heads, capacity,
+/// d]`, in pinned host memory the GPU reads directly.
+pub struct PinnedKv {
+    keys: PinnedHostSlice<f16>,
+    values: PinnedHostSlice<f16>,
+    /// Their addresses in the GPU's address space.
+    keys_ptr: u64,
+    values_ptr: u64,
+    heads: usize,
+    d: usize,
+    capacity: usize,
+    len: usize,
+}
+
+impl PinnedKv {
+    /// KV heads.
+    pub fn heads(&self) -> usize {
+        self.heads
+    }
+
+    /// Head dimension.
+    pub fn d(&self) -> usize {
+        self.d
+    }
+
+    /// Tokens stored per head.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no token is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes of pinned host memory held.
+    pub fn memory_bytes(&self) -> usize {
+        self.keys.num_bytes() + self.values.num_bytes()
+    }
+
+    /// Appends rows to every head: per head its keys and values `[n, d]`, the same `n`
+    /// for every head; f32 rows are rounded to f16 as `half` rounds.
+    fn write(&mut self, gpu: &Gpu, rows: &[(&[f16], &[f16])]) -> Result<(), KernelError> {
+        let d = self.d;
+        let n = rows.first().map_or(0, |(k, _)| k.len() / d);
+        if rows.len() != self.heads || rows.iter().any(|(k, v)| k.len() != n * d || v.len() != n * d) {
+            return Err(KernelError::Shape(format!(
+                "{} heads of rows for {} heads of dimension {d}",
+                rows.len(),
+                self.heads
+            )));
+        }
+        if self.len + n > self.capacity {
+            gpu.grow_pinned(self, (self.len + n).max(2 * self.capacity))?;
+        }
+        let (len, capacity) = (self.len, self.capacity);
+        let keys = self.keys.as_mut_slice().map_err(driver)?;
+        for (h, (k, _)) in rows.iter().enumerate() {
+            keys[(h * capacity + len) * d..(h * capacity + len + n) * d].copy_from_slice(k);
+        }
+        let values = self.values.as_mut_slice().map_err(driver)?;
+        for (h, (_, v)) in rows.iter().enumerate() {
+            values[(h * capacity + len) * d..(h * capacity + len + n) * d].copy_from_slice(v);
+        }
+        self.len += n;
+        Ok(())
+    }
+}
+
+/// The device tier of one sequence on the GPU: per KV head, `slots` rows and the
+/// bookkeeping of `tier.cu`; traffic counters per head.
+pub struct GpuTier {
+    keys: CudaSlice<f16>,
+    values: CudaSlice<f16>,
+    slot_of: CudaSlice<u32>,
+    token_of: CudaSlice<u32>,
+    last_used: CudaSlice<u32>,
+    missing: CudaSlice<u32>,
+    free: CudaSlice<u32>,
+    stats: CudaSlice<u64>,
+    heads: usize,
+    d: usize,
+    slots: usize,
+    tokens: usize,
+    reuse: u32,
+    step: u32,
+}
+
+/// Traffic of one head's device tier on the GPU, in rows (the first step, which fills the
+/// empty tier, apart).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GpuTierStats {
+    /// Steps after the first.
+    pub steps: u32,
+    /// Rows those steps attended, the current token aside.
+    pub attended: u64,
+    /// Of those, rows the tier held.
+    pub hits: u64,
+    /// Rows fetched from the host tier by those steps.
+    pub fetched: u64,
+    /// Rows the first step fetched.
+    pub cold: u64,
+}
+
+impl GpuTier {
+    /// Slots per head.
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+
+    fn rows(&self) -> KvRows<'_> {
+        KvRows {
+            keys: &self.keys,
+            values: &self.values,
+            heads: self.heads,
+            d: self.d,
+            head_stride: self.slots * self.d,
+        }
+    }
+}
+
+/// `[heads, per]` of `NONE`, with the first `old` of each head's row copied from `from`
+/// (`[heads, old]`).
+fn none_grown(
+    gpu: &Gpu,
+    from: &CudaSlice<u32>,
+    heads: usize,
+    old: usize,
+    per: usize,
+) -> Result<CudaSlice<u32>, KernelError> {
+    let s = &gpu.stream;
+    let mut to = s.clone_htod(&vec![NONE; heads * per]).map_err(driver)?;
+    for h in (0..heads).filter(|_| old > 0) {
+        s.memcpy_dtod(&from.slice(h * old..(h + 1) * old), &mut to.slice_mut(h * per..h * per + old))
+            .map_err(driver)?;
+    }
+    Ok(to)
+}
+
+impl Gpu {
+    /// An empty host tier of `heads` heads of dimension `d` (even), room for `capacity`
+    /// tokens, in pinned host memory mapped into the GPU.
+    pub fn pinned_kv(&self, heads: usize, d: usize, capacity: usize) -> Result<PinnedKv, KernelError> {
+        if heads == 0 || d == 0 || !d.is_multiple_of(2) {
+            return Err(KernelError::Shape(format!("{heads} KV heads of dimension {d} (even, at least 2)")));
+        }
+        let capacity = capacity.max(1);
+        let (keys, keys_ptr) = self.mapped(heads * capacity * d)?;
+        let (values, values_ptr) = self.mapped(heads * capacity * d)?;
+        Ok(PinnedKv { keys, values, keys_ptr, values_ptr, heads, d, capacity, len: 0 })
+    }
+
+    /// `len` zeroed f16 of pinned, mapped host memory and their device address.
+    fn mapped(&self, len: usize) -> Result<(PinnedHostSlice<f16>, u64), KernelError> {
+        // SAFETY: page-locked host memory, zeroed before any read; DEVICEMAP maps it into
+        // the GPU's address space and cuMemHostGetDevicePointer gives that address, valid
+        // while the allocation lives (it lives in the same PinnedKv as the address).
+        #[allow(unsafe_code)]
+        unsafe {
+            let mut slice = self
+                .ctx
+                .alloc_pinned_with_flags::<f16>(len.max(1), sys::CU_MEMHOSTALLOC_DEVICEMAP)
+                .map_err(driver)?;
+            slice.as_mut_slice().map_err(driver)?.fill(f16::ZERO);
+            let mut device = 0;
+            let host = slice.as_mut_ptr().map_err(driver)?;
+            sys::cuMemHostGetDevicePointer_v2(&mut device, host.cast(), 0).result().map_err(driver)?;
+            Ok((slice, device))
+        }
+    }
+
+    /// Moves a host tier to `capacity` tokens.
+    fn grow_pinned(&self, kv: &mut PinnedKv, capacity: usize) -> Result<(), KernelError> {
+        let mut grown = self.pinned_kv(kv.heads, kv.d, capacity)?;
+        let (d, old) = (kv.d, kv.capacity);
+        for (from, to) in [(&kv.keys, &mut grown.keys), (&kv.values, &mut grown.values)] {
+            let (from, to) = (from.as_slice().map_err(driver)?, to.as_mut_slice().map_err(driver)?);
+            for h in 0..kv.heads {
+                to[h * capacity * d..(h * capacity + kv.len) * d]
+                    .copy_from_slice(&from[h * old * d..(h * old + kv.len) * d]);
+            }
+        }
+        grown.len = kv.len;
+        *kv = grown;
+        Ok(())
+    }
+
+    /// Appends rows to a host tier: per head its keys and values `[n, d]` f16.
+    pub fn extend_pinned(&self, kv: &mut PinnedKv, rows: &[(&[f16], &[f16])]) -> Result<(), KernelError> {
+        kv.write(self, rows)
+    }
+
+    /// Appends one token (`[heads, d]` f32 rows, rounded to f16) to a host tier.
+    pub fn append_pinned(&self, kv: &mut PinnedKv, key: &[f32], value: &[f32]) -> Result<(), KernelError> {
+        let (heads, d) = (kv.heads, kv.d);
+        if key.len() != heads * d || value.len() != heads * d {
+            return Err(KernelError::Shape(format!(
+                "new K/V of {} and {} values for {heads} heads of {d}",
+                key.len(),
+                value.len()
+            )));
+        }
+        let (k, v): (Vec<f16>, Vec<f16>) =
+            key.iter().zip(value).map(|(&k, &v)| (f16::from_f32(k), f16::from_f32(v))).unzip();
+        let rows: Vec<(&[f16], &[f16])> =
+            (0..heads).map(|h| (&k[h * d..(h + 1) * d], &v[h * d..(h + 1) * d])).collect();
+        kv.write(self, &rows)
+    }
+
+    /// An empty device tier for `heads` heads of dimension `d` that keeps the rows of the
+    /// last `reuse` steps.
+    pub fn tier(&self, heads: usize, d: usize, reuse: usize) -> Result<GpuTier, KernelError> {
+        let reuse = u32::try_from(reuse)
+            .ok()
+            .filter(|&r| r >= 1)
+            .ok_or_else(|| KernelError::Shape(format!("reuse {reuse}")))?;
+        let s = &self.stream;
+        Ok(GpuTier {
+            keys: s.alloc_zeros(heads * d).map_err(driver)?,
+            values: s.alloc_zeros(heads * d).map_err(driver)?,
+            slot_of: s.clone_htod(&vec![NONE; heads]).map_err(driver)?,
+            token_of: s.clone_htod(&vec![NONE; heads]).map_err(driver)?,
+            last_used: s.alloc_zeros(heads).map_err(driver)?,
+            missing: s.alloc_zeros(heads).map_err(driver)?,
+            free: s.alloc_zeros(heads).map_err(driver)?,
+            stats: s.alloc_zeros(heads * 5).map_err(driver)?,
+            heads,
+            d,
+            slots: 1,
+            tokens: 1,
+            reuse,
+            step: 0,
+        })
+    }
+
+    /// Grows a tier to at least `slots` slots and `tokens` tokens per head, keeping what
+    /// it holds where it is.
+    fn reserve_tier(&self, tier: &mut GpuTier, slots: usize, tokens: usize) -> Result<(), KernelError> {
+        let s = &self.stream;
+        let (heads, d) = (tier.heads, tier.d);
+        if tokens > tier.tokens {
+            let tokens = tokens.max(2 * tier.tokens);
+            tier.slot_of = none_grown(self, &tier.slot_of, heads, tier.tokens, tokens)?;
+            tier.tokens = tokens;
+        }
+        if slots > tier.slots {
+            let (old, slots) = (tier.slots, slots.max(2 * tier.slots));
+            let mut keys = s.alloc_zeros::<f16>(heads * slots * d).map_err(driver)?;
+            let mut values = s.alloc_zeros::<f16>(heads * slots * d).map_err(driver)?;
+            let mut last_used = s.alloc_zeros::<u32>(heads * slots).map_err(driver)?;
+            for h in 0..heads {
+                let (from, to) = (h * old * d..(h + 1) * old * d, h * slots * d..(h * slots + old) * d);
+                s.memcpy_dtod(&tier.keys.slice(from.clone()), &mut keys.slice_mut(to.clone()))
+                    .map_err(driver)?;
+                s.memcpy_dtod(&tier.values.slice(from), &mut values.slice_mut(to)).map_err(driver)?;
+                s.memcpy_dtod(
+                    &tier.last_used.slice(h * old..(h + 1) * old),
+                    &mut last_used.slice_mut(h * slots..h * slots + old),
+                )
+                .map_err(driver)?;
+            }
+            tier.token_of = none_grown(self, &tier.token_of, heads, old, slots)?;
+            (tier.keys, tier.values, tier.last_used) = (keys, values, last_used);
+            tier.missing = s.alloc_zeros(heads * slots).map_err(driver)?;
+            tier.free = s.alloc_zeros(heads * slots).map_err(driver)?;
+            tier.slots = slots;
+        }
+        Ok(())
+    }
+
+    /// One decode step with offload: the current token is the last row of `host`. The id
+    /// lists are made as [`decode_step`](Self::decode_step) makes them (a dense step lists
+    /// every token); the tier keeps the rows of the last `reuse` steps, fetches what it
+    /// lacks from `host` and the attention reads its slots. Outputs are those of the same
+    /// step without offload: the same rows in the same order.
+    pub fn decode_step_offloaded(
+        &self,
+        host: &PinnedKv,
+        tier: &mut GpuTier,
+        index: Option<&DeviceIndex>,
+        step: &DecodeStep,
+        queries: &[f32],
+        scratch: &mut DecodeScratch,
+    ) -> Result<(), KernelError> {
+        let heads = host.heads;
+        if tier.heads != heads || tier.d != host.d || step.current + 1 != host.len {
+            return Err(KernelError::Shape(format!(
+                "a tier of {} heads of {} over a host tier of {heads} heads of {} holding {} tokens, current {}",
+                tier.heads, tier.d, host.d, host.len, step.current
+            )));
+        }
+        let step = match step.ids {
+            // Every token as one list per KV head: the dense step's rows, order and chunks.
+            StepIds::Dense => DecodeStep {
+                ids: StepIds::Clustered { sink: 0, clustered_end: 0, chosen: 0 },
+                per_kv_head: true,
+                ..*step
+            },
+            StepIds::Clustered { .. } => *step,
+        };
+        self.upload_queries_for(heads, host.d, &step, queries, scratch)?;
+        self.prepare_lists(index, &step, heads, scratch)?;
+        let lists_per_head = step.lists(heads) / heads;
+        // The union of the last `reuse` steps' lists never exceeds this.
+        let slots = (tier.reuse as usize * lists_per_head * step.attended()).min(host.len);
+        self.reserve_tier(tier, slots, host.len)?;
+        tier.step += 1;
+        let f = self.function("tier", "tier_step")?;
+        let (lists_i, stride_i, slots_i, d_i, tokens_i) = (
+            int("lists", lists_per_head)?,
+            int("ids per list", scratch.attended)?,
+            int("slots", tier.slots)?,
+            int("d", tier.d)?,
+            int("tokens", tier.tokens)?,
+        );
+        let host_stride = (host.capacity * host.d) as i64;
+        let current = u32::try_from(step.current)
+            .map_err(|_| KernelError::Shape(format!("current {}", step.current)))?;
+        let mut l = self.stream.launch_builder(&f);
+        l.arg(&mut scratch.ids).arg(&scratch.n_ids).arg(&lists_i).arg(&stride_i);
+        l.arg(&host.keys_ptr).arg(&host.values_ptr).arg(&host_stride);
+        l.arg(&mut tier.keys).arg(&mut tier.values).arg(&slots_i).arg(&d_i);
+        l.arg(&mut tier.slot_of).arg(&tokens_i).arg(&mut tier.token_of).arg(&mut tier.last_used);
+        l.arg(&mut tier.missing)
+            .arg(&mut tier.free)
+            .arg(&tier.step)
+            .arg(&tier.reuse)
+            .arg(&current)
+            .arg(&mut tier.stats);
+        // SAFETY: the arguments match `tier_step` in order and type; one block per KV head;
+        // every listed id is below host.len <= tier.tokens and host.capacity (the lists
+        // were made for this step); the tier has room for the union of the last `reuse`
+        // steps' lists (sized above); host_keys/values are the device addresses of the
+        // mapped pinned allocations, alive in `host`; d is even.
+        #[allow(unsafe_code)]
+        unsafe { l.launch(grid(heads, 1, TIER_THREADS, 0)) }.map_err(driver)?;
+        self.attend_rows(tier.rows(), &step, scratch)
+    }
+
+    /// The traffic of every head of a tier so far; fails if a step ever ran out of slots.
+    pub fn tier_stats(&self, tier: &GpuTier) -> Result<Vec<GpuTierStats>, KernelError> {
+        let raw = self.stream.clone_dtoh(&tier.stats).map_err(driver)?;
+        if let Some(h) = raw.chunks_exact(5).position(|c| c[3] > 0) {
+            return Err(KernelError::Shape(format!("head {h} of the device tier ran out of slots")));
+        }
+        Ok(raw
+            .chunks_exact(5)
+            .map(|c| GpuTierStats {
+                steps: tier.step.saturating_sub(1),
+                attended: c[0],
+                hits: c[1],
+                fetched: c[2],
+                cold: c[4],
+            })
+            .collect())
+    }
+
+    /// The tokens head `head` of a tier holds, ascending.
+    pub fn tier_resident(&self, tier: &GpuTier, head: usize) -> Result<Vec<u32>, KernelError> {
+        if head >= tier.heads {
+            return Err(KernelError::Shape(format!("head {head} of {}", tier.heads)));
+        }
+        let slots = self
+            .stream
+            .clone_dtoh(&tier.token_of.slice(head * tier.slots..(head + 1) * tier.slots))
+            .map_err(driver)?;
+        let mut tokens: Vec<u32> = slots.into_iter().filter(|&t| t != NONE).collect();
+        tokens.sort_unstable();
+        Ok(tokens)
+    }
+}
