@@ -2,11 +2,11 @@
 // per KV head, slots of KV rows for the attended set. A step marks the rows its id lists
 // need, frees the slots no step of the last `reuse` attended, gives each missing row a
 // free slot and copies it from the host tier (pinned host memory mapped into the GPU's
-// address space: the kernel reads it over the bus, no staging copy), then rewrites the
+// address space: the kernel reads it over the bus, no staging copy), then writes the
 // lists as slots for the attention kernel.
 //
 // Shapes (row-major, per KV head h; `lists` id lists per head of `stride` ids):
-//   ids        [heads * lists, stride] u32 (tokens in, slots out); n_ids [heads * lists]
+//   ids        [heads * lists, stride] u32 tokens; slot_ids the same as slots; n_ids [heads * lists]
 //   host K, V  [heads, _, d] f16 at `host_stride` apart (mapped host memory)
 //   tier K, V  [heads, slots, d] f16
 //   slot_of    [heads, tokens] u32 (NONE: not held)      token_of, last_used [heads, slots] u32
@@ -21,7 +21,8 @@
 #define TIER_THREADS 1024
 
 extern "C" __global__ void __launch_bounds__(TIER_THREADS) tier_step(
-    unsigned* __restrict__ ids, const int* __restrict__ n_ids, int lists, int stride,
+    const unsigned* __restrict__ ids, unsigned* __restrict__ slot_ids, const int* __restrict__ n_ids,
+    int lists, int stride,
     const __half* __restrict__ host_keys, const __half* __restrict__ host_values, long long host_stride,
     __half* __restrict__ keys, __half* __restrict__ values, int slots, int d,
     unsigned* __restrict__ slot_of, int tokens, unsigned* __restrict__ token_of,
@@ -101,13 +102,14 @@ extern "C" __global__ void __launch_bounds__(TIER_THREADS) tier_step(
     }
     __syncthreads();
 
-    // The lists become slots.
+    // The lists as slots.
     for (int l = 0; l < lists; ++l) {
         const int list = head * lists + l;
-        unsigned* list_ids = ids + (long long)list * stride;
+        const unsigned* list_ids = ids + (long long)list * stride;
+        unsigned* list_slots = slot_ids + (long long)list * stride;
         for (int i = threadIdx.x; i < n_ids[list]; i += blockDim.x) {
             const unsigned slot = head_slot_of[list_ids[i]];
-            list_ids[i] = slot < (unsigned)slots ? slot : 0u;
+            list_slots[i] = slot < (unsigned)slots ? slot : 0u;
         }
     }
     if (threadIdx.x == 0) {

@@ -111,6 +111,10 @@ pub(super) struct Selection {
 pub struct DecodeScratch {
     pub(super) queries: CudaSlice<f32>,
     pub(super) ids: CudaSlice<u32>,
+    /// The id lists as slots of a device tier (offload), and whether the attention reads
+    /// them rather than `ids`.
+    pub(super) slot_ids: CudaSlice<u32>,
+    pub(super) read_slots: bool,
     pub(super) n_ids: CudaSlice<i32>,
     part_out: CudaSlice<f32>,
     part_max: CudaSlice<f32>,
@@ -125,7 +129,7 @@ pub struct DecodeScratch {
 }
 
 /// A buffer of at least `len` elements: `buffer` itself when long enough.
-fn at_least<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+pub(super) fn at_least<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
     gpu: &Gpu,
     buffer: &mut CudaSlice<T>,
     len: usize,
@@ -144,6 +148,8 @@ impl Gpu {
         Ok(DecodeScratch {
             queries: one()?,
             ids: s.alloc_zeros(1).map_err(driver)?,
+            slot_ids: s.alloc_zeros(1).map_err(driver)?,
+            read_slots: false,
             n_ids: s.alloc_zeros(1).map_err(driver)?,
             part_out: one()?,
             part_max: one()?,
@@ -245,6 +251,7 @@ impl Gpu {
             at_least(self, &mut scratch.ids, lists * attended)?;
         }
         (scratch.lists, scratch.attended) = (lists, attended);
+        scratch.read_slots = false;
         self.step_ids(index, step, heads, lists, scratch)
     }
 
@@ -439,7 +446,9 @@ impl Gpu {
         let null = 0u64;
         let mut l = s.launch_builder(&chunk);
         l.arg(kv.keys).arg(kv.values).arg(&head_stride).arg(&heads_per_kv).arg(&scratch.queries);
-        if has_ids {
+        if has_ids && scratch.read_slots {
+            l.arg(&scratch.slot_ids);
+        } else if has_ids {
             l.arg(&scratch.ids);
         } else {
             l.arg(&null);

@@ -335,8 +335,10 @@ impl Gpu {
         let host_stride = (host.capacity * host.d) as i64;
         let current = u32::try_from(step.current)
             .map_err(|_| KernelError::Shape(format!("current {}", step.current)))?;
+        super::decode::at_least(self, &mut scratch.slot_ids, step.lists(heads) * scratch.attended)?;
+        scratch.read_slots = true;
         let mut l = self.stream.launch_builder(&f);
-        l.arg(&mut scratch.ids).arg(&scratch.n_ids).arg(&lists_i).arg(&stride_i);
+        l.arg(&scratch.ids).arg(&mut scratch.slot_ids).arg(&scratch.n_ids).arg(&lists_i).arg(&stride_i);
         l.arg(&host.keys_ptr).arg(&host.values_ptr).arg(&host_stride);
         l.arg(&mut tier.keys).arg(&mut tier.values).arg(&slots_i).arg(&d_i);
         l.arg(&mut tier.slot_of).arg(&tokens_i).arg(&mut tier.token_of).arg(&mut tier.last_used);
