@@ -20,13 +20,6 @@
 #define WARPS 4
 #define THREADS (WARPS * 32)
 
-__device__ __forceinline__ float warp_sum(float x) {
-    for (int offset = 16; offset > 0; offset >>= 1) {
-        x += __shfl_xor_sync(0xffffffffu, x, offset);
-    }
-    return x;
-}
-
 // One block: chunk `blockIdx.x` of KV head `blockIdx.y`. Warp w takes the chunk's tokens
 // w, w + WARPS, ...; lane l holds the elements 2l + 64k of a row (PAIRS = D / 64 pairs).
 template <int G, int D>

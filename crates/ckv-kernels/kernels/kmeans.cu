@@ -25,11 +25,6 @@
 #define COUNT_ROWS 1024
 #define NEG_INF __int_as_float(0xff800000)
 
-__device__ __forceinline__ float warp_sum(float x) {
-    for (int offset = 16; offset > 0; offset >>= 1) x += __shfl_xor_sync(0xffffffffu, x, offset);
-    return x;
-}
-
 // One warp per row: x = the row in f32, xn = x / |x| in f16 (zero rows stay zero).
 extern "C" __global__ void kmeans_normalize(const __half* __restrict__ keys, long long head_stride,
                                             int n, int d, int dp, float* __restrict__ x,
@@ -179,25 +174,7 @@ extern "C" __global__ void __launch_bounds__(1024) kmeans_scan(unsigned* __restr
     const int head = blockIdx.x;
     const long long total = (long long)k * blocks;
     unsigned* base = counts + head * total;
-    const long long per = (total + blockDim.x - 1) / blockDim.x;
-    const long long begin = threadIdx.x * per, end = min(total, begin + per);
-    unsigned local = 0;
-    for (long long i = begin; i < end; ++i) local += base[i];
-    partial[threadIdx.x] = local;
-    __syncthreads();
-    for (int offset = 1; offset < blockDim.x; offset <<= 1) {
-        const unsigned v = threadIdx.x >= offset ? partial[threadIdx.x - offset] : 0u;
-        __syncthreads();
-        partial[threadIdx.x] += v;
-        __syncthreads();
-    }
-    unsigned run = partial[threadIdx.x] - local;
-    for (long long i = begin; i < end; ++i) {
-        const unsigned c = base[i];
-        base[i] = run;
-        run += c;
-    }
-    __syncthreads();
+    block_exclusive_scan(base, total, partial);
     for (int c = threadIdx.x; c < k; c += blockDim.x) {
         const unsigned start = base[(long long)c * blocks];
         const unsigned next = c + 1 < k ? base[(long long)(c + 1) * blocks] : (unsigned)n;

@@ -100,25 +100,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) clusterkv_select(
         taken[r] = r < clusters ? head_sizes[id[r]] : 0u;
     }
     __syncthreads();
-    const int per = (padded + blockDim.x - 1) / blockDim.x;
-    const int begin = threadIdx.x * per;
-    unsigned local = 0;
-    for (int k = 0; k < per && begin + k < padded; ++k) local += taken[begin + k];
-    partial[threadIdx.x] = local;
-    __syncthreads();
-    for (int offset = 1; offset < blockDim.x; offset <<= 1) {
-        const unsigned v = threadIdx.x >= offset ? partial[threadIdx.x - offset] : 0u;
-        __syncthreads();
-        partial[threadIdx.x] += v;
-        __syncthreads();
-    }
-    unsigned run = partial[threadIdx.x] - local;
-    for (int k = 0; k < per && begin + k < padded; ++k) {
-        const unsigned t = taken[begin + k];
-        taken[begin + k] = run;
-        run += t;
-    }
-    __syncthreads();
+    block_exclusive_scan(taken, padded, partial);
 
     // Copy the members of every ranked cluster that starts before `count`, the last cut.
     unsigned* sel_out = out + (long long)sel * out_stride + out_offset;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use cudarc::nvrtc::{CompileOptions, compile_ptx_with_opts};
 
-use crate::KernelSource;
+use crate::{KernelSource, PRELUDE};
 
 /// Errors of kernel compilation.
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +65,7 @@ pub fn compile_ptx(
         name: Some(format!("{}.cu", source.name)),
         ..Default::default()
     };
-    compile_ptx_with_opts(source.code, opts).map(|ptx| ptx.to_src()).map_err(|e| KernelError::Compile {
+    compile_ptx_with_opts(format!("{PRELUDE}\n{}", source.code), opts).map(|ptx| ptx.to_src()).map_err(|e| KernelError::Compile {
         name: source.name,
         arch,
         log: e.to_string(),

@@ -35,4 +35,4 @@ pub use gpu::{
     DecodeScratch, DecodeStep, DeviceClustering, DeviceIndex, DeviceKv, Gpu, GpuTier, GpuTierStats, GpuTimer,
     IndexParts, L2Flush, PinnedKv, StepIds,
 };
-pub use sources::{ARCHS, KernelSource, SOURCES};
+pub use sources::{ARCHS, KernelSource, PRELUDE, SOURCES};

@@ -9,6 +9,9 @@ pub struct KernelSource {
     pub code: &'static str,
 }
 
+/// Device functions every source may use (`kernels/common.cuh`): compiled in front of each.
+pub const PRELUDE: &str = include_str!("../kernels/common.cuh");
+
 /// Every source of `kernels/`.
 pub const SOURCES: &[KernelSource] = &[
     KernelSource { name: "attention", code: include_str!("../kernels/attention.cu") },

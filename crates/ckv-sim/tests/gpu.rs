@@ -283,6 +283,31 @@ fn clustering_every_head_at_once_builds_its_index() {
     });
 }
 
+/// A synthetic trace of `context` prompt tokens and `steps` decode steps in the layer
+/// `(Hq, Hkv, d)`, and the selection of a pipeline test.
+fn setting(
+    (context, steps): (usize, usize),
+    (hq, hkv, d): (usize, usize, usize),
+    method: Method,
+    per_kv_head: bool,
+    budget: usize,
+    seed: u64,
+) -> (Trace, SelectParams) {
+    let trace = Trace::generate(&TraceConfig {
+        context,
+        steps,
+        head_dim: d,
+        n_q_heads: hq,
+        n_kv_heads: hkv,
+        topics: 16,
+        seed,
+        ..TraceConfig::default()
+    })
+    .unwrap();
+    let policy = if per_kv_head { GqaPolicy::PerKvHead } else { GqaPolicy::PerQueryHead };
+    (trace, SelectParams::new(method).budget(budget).gqa(policy).seed(seed))
+}
+
 /// The decode pipeline on the GPU against the CPU on a synthetic trace: a batch of two
 /// sequences of different lengths, enough steps to cluster tail windows, every method the
 /// GPU backend takes under both GQA policies. Same selections; outputs within 1e-3.
@@ -300,19 +325,7 @@ fn gpu_pipeline_matches_the_cpu_pipeline() {
     )| {
         let (hq, hkv, d) = shape;
         let steps = 300;
-        let trace = Trace::generate(&TraceConfig {
-            context: 1500,
-            steps,
-            head_dim: d,
-            n_q_heads: hq,
-            n_kv_heads: hkv,
-            topics: 16,
-            seed,
-            ..TraceConfig::default()
-        })
-        .unwrap();
-        let policy = if per_kv_head { GqaPolicy::PerKvHead } else { GqaPolicy::PerQueryHead };
-        let select = SelectParams::new(method).budget(budget).gqa(policy).seed(seed);
+        let (trace, select) = setting((1500, steps), shape, method, per_kv_head, budget, seed);
         let config = PipelineConfig::new(hq, hkv, d, select).validate().unwrap();
         let mut cpu_layer = LayerPipeline::<f16>::new(config.clone());
         let mut gpu_layer = LayerPipeline::<f16>::with_backend(config, Backend::Cuda(gpu.clone())).unwrap();
@@ -388,19 +401,7 @@ fn gpu_offload_changes_no_output_and_keeps_the_cpu_tier() {
         seed in 0u64..1000,
     )| {
         let (hq, hkv, d, steps) = (8, 2, 128, 120);
-        let trace = Trace::generate(&TraceConfig {
-            context: 900,
-            steps,
-            head_dim: d,
-            n_q_heads: hq,
-            n_kv_heads: hkv,
-            topics: 16,
-            seed,
-            ..TraceConfig::default()
-        })
-        .unwrap();
-        let policy = if per_kv_head { GqaPolicy::PerKvHead } else { GqaPolicy::PerQueryHead };
-        let select = SelectParams::new(method).budget(budget).gqa(policy).seed(seed);
+        let (trace, select) = setting((900, steps), (hq, hkv, d), method, per_kv_head, budget, seed);
         let plain = PipelineConfig::new(hq, hkv, d, select.clone()).validate().unwrap();
         let offload =
             PipelineConfig::new(hq, hkv, d, select).offload(OffloadParams::new(reuse).unwrap()).validate().unwrap();

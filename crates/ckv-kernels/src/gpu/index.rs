@@ -248,6 +248,22 @@ impl Gpu {
             }
             Ok::<(), KernelError>(())
         };
+        // Every non-empty centroid to the mean of its members; the unit copies.
+        let mean = |x: &CudaSlice<f32>,
+                    sizes: &CudaSlice<u32>,
+                    offsets: &CudaSlice<u32>,
+                    members: &CudaSlice<u32>,
+                    centroids: &mut CudaSlice<f32>,
+                    cn: &mut CudaSlice<f16>| {
+            #[allow(unsafe_code)]
+            unsafe {
+                let mut l = s.launch_builder(&update);
+                l.arg(x).arg(&n_i).arg(&k_i).arg(&d_i).arg(&dp_i).arg(&first).arg(sizes).arg(offsets);
+                l.arg(members).arg(centroids).arg(cn);
+                l.launch(grid(k, heads, 128, 0)).map_err(driver)?;
+            }
+            Ok::<(), KernelError>(())
+        };
         let mut round = |first_round: bool| -> Result<bool, KernelError> {
             if first_round {
                 #[allow(unsafe_code)]
@@ -261,12 +277,9 @@ impl Gpu {
             }
             // Sizes are all zero in the first round: the update keeps the initial
             // centroids and computes their unit copies.
+            mean(&x, &sizes, &offsets, &members, &mut centroids, &mut cn)?;
             #[allow(unsafe_code)]
             unsafe {
-                let mut l = s.launch_builder(&update);
-                l.arg(&x).arg(&n_i).arg(&k_i).arg(&d_i).arg(&dp_i).arg(&first).arg(&sizes).arg(&offsets);
-                l.arg(&members).arg(&mut centroids).arg(&mut cn);
-                l.launch(grid(k, heads, 128, 0)).map_err(driver)?;
                 s.memset_zeros(&mut changed).map_err(driver)?;
                 let shared = (ASSIGN_ROWS + ASSIGN_CENTROIDS) * (dp + 8) * 2;
                 let mut l = s.launch_builder(&assign);
@@ -284,13 +297,7 @@ impl Gpu {
         // The index of the final labels: sizes, members, and centroids as their means.
         list(&labels, &mut counts, &mut sizes, &mut offsets, &mut members)?;
         if dirty {
-            #[allow(unsafe_code)]
-            unsafe {
-                let mut l = s.launch_builder(&update);
-                l.arg(&x).arg(&n_i).arg(&k_i).arg(&d_i).arg(&dp_i).arg(&first).arg(&sizes).arg(&offsets);
-                l.arg(&members).arg(&mut centroids).arg(&mut cn);
-                l.launch(grid(k, heads, 128, 0)).map_err(driver)?;
-            }
+            mean(&x, &sizes, &offsets, &members, &mut centroids, &mut cn)?;
         }
         let index = DeviceIndex { centroids, sizes, offsets, members, heads, clusters: k, tokens: n, d };
         Ok(DeviceClustering { index, labels, iterations })
