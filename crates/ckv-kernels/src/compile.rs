@@ -65,9 +65,7 @@ pub fn compile_ptx(
         name: Some(format!("{}.cu", source.name)),
         ..Default::default()
     };
-    compile_ptx_with_opts(format!("{PRELUDE}\n{}", source.code), opts).map(|ptx| ptx.to_src()).map_err(|e| KernelError::Compile {
-        name: source.name,
-        arch,
-        log: e.to_string(),
-    })
+    compile_ptx_with_opts(format!("{PRELUDE}\n{}", source.code), opts)
+        .map(|ptx| ptx.to_src())
+        .map_err(|e| KernelError::Compile { name: source.name, arch, log: e.to_string() })
 }
