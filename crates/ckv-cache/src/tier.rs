@@ -266,18 +266,8 @@ impl<E: Element> DeviceTier<E> {
         tokens
     }
 
-    /// Slots allocated (held or free): the most rows the tier has held at once.
-    pub fn slots(&self) -> usize {
-        self.token_of.len()
-    }
-
     /// Traffic so far.
     pub fn stats(&self) -> TierStats {
         self.stats
-    }
-
-    /// Bytes of the slots.
-    pub fn memory_bytes(&self) -> usize {
-        (self.keys.capacity() + self.values.capacity()) * size_of::<E>()
     }
 }

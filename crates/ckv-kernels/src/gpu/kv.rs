@@ -42,11 +42,6 @@ impl DeviceKv {
         self.len == 0
     }
 
-    /// Rows each head has room for.
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-
     /// Elements from one head's rows to the next.
     pub(super) fn head_stride(&self) -> usize {
         self.capacity * self.d

@@ -109,9 +109,4 @@ impl Gpu {
             self.multiprocessors
         )
     }
-
-    /// Waits until every piece of work sent to the GPU is done.
-    pub fn synchronize(&self) -> Result<(), KernelError> {
-        self.stream.synchronize().map_err(driver)
-    }
 }

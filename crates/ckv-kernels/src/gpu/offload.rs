@@ -52,13 +52,8 @@ impl PinnedKv {
         self.len == 0
     }
 
-    /// Bytes of pinned host memory held.
-    pub fn memory_bytes(&self) -> usize {
-        self.keys.num_bytes() + self.values.num_bytes()
-    }
-
     /// Appends rows to every head: per head its keys and values `[n, d]`, the same `n`
-    /// for every head; f32 rows are rounded to f16 as `half` rounds.
+    /// for every head; the capacity doubles when short.
     fn write(&mut self, gpu: &Gpu, rows: &[(&[f16], &[f16])]) -> Result<(), KernelError> {
         let d = self.d;
         let n = rows.first().map_or(0, |(k, _)| k.len() / d);
@@ -122,11 +117,6 @@ pub struct GpuTierStats {
 }
 
 impl GpuTier {
-    /// Slots per head.
-    pub fn slots(&self) -> usize {
-        self.slots
-    }
-
     fn rows(&self) -> KvRows<'_> {
         KvRows {
             keys: &self.keys,

@@ -17,13 +17,6 @@ pub struct L2Flush {
     buffer: CudaSlice<u8>,
 }
 
-impl L2Flush {
-    /// Bytes written per flush.
-    pub fn bytes(&self) -> usize {
-        self.buffer.len()
-    }
-}
-
 impl Gpu {
     /// Starts a timer at this point of the stream.
     pub fn start_timer(&self) -> Result<GpuTimer, KernelError> {
