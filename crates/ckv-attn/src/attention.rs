@@ -88,9 +88,48 @@ impl Selected<'_> {
     }
 }
 
+/// Scratch of [`attend_selected`], reused from step to step so that a warm step allocates
+/// nothing.
+#[derive(Debug, Clone, Default)]
+pub struct AttnScratch {
+    /// Probabilities of the last row (or the group) attended, as `attend_rows` leaves them.
+    probs: Vec<f32>,
+    /// The union of a group's lists.
+    union: Vec<u32>,
+    /// Every row's scores over the union, `[g, U]`.
+    scores: Vec<f32>,
+    /// Every row's weights over the union, `[g, U]`: its probabilities, zero where its list
+    /// lacks the id.
+    weights: Vec<f32>,
+    /// KV rows the last call read.
+    rows_read: usize,
+}
+
+impl AttnScratch {
+    /// KV rows the last [`attend_selected`] read: the shared list, the union, or every list.
+    pub fn rows_read(&self) -> usize {
+        self.rows_read
+    }
+
+    /// Scratch for groups of `g` rows attending to at most `n` ids each.
+    pub fn with_capacity(g: usize, n: usize) -> Self {
+        Self {
+            probs: Vec::with_capacity(g * n),
+            union: Vec::with_capacity(g * n),
+            scores: Vec::with_capacity(g * g * n),
+            weights: Vec::with_capacity(g * g * n),
+            rows_read: 0,
+        }
+    }
+}
+
 /// Attention of a GQA group's query rows (`[g, d]`) after selection: a shared list is read
-/// once for the whole group, otherwise each query row attends to its own list. `observe`
-/// gets each (ids, probabilities) pair, one per query row, in order.
+/// once for the whole group. Lists of their own (PerQueryHead) are read once too, as their
+/// union, when they overlap enough that scoring every row over the union costs at most
+/// twice the rows' own scores (`g * |union| <= 2 * sum |list|`): each row's softmax is over
+/// its own list and its weights are zero elsewhere, so the result is bitwise that of each
+/// row attending alone (the fallback). `observe` gets each (ids, probabilities) pair, one
+/// per query row, in order.
 #[allow(clippy::too_many_arguments)]
 pub fn attend_selected<E: Element>(
     queries: &[f32],
@@ -99,20 +138,89 @@ pub fn attend_selected<E: Element>(
     values: &[E],
     selected: Selected<'_>,
     scale: f32,
-    probs: &mut Vec<f32>,
+    scratch: &mut AttnScratch,
     out: &mut [f32],
     mut observe: impl FnMut(&[u32], &[f32]),
 ) {
+    let probs = &mut scratch.probs;
     if let Some(ids) = selected.shared() {
         sparse_attention(queries, d, keys, values, ids, scale, probs, out);
         for p in probs.chunks_exact(ids.len().max(1)) {
             observe(ids, p);
         }
+        scratch.rows_read = ids.len();
         return;
     }
-    for ((q, o), ids) in queries.chunks_exact(d).zip(out.chunks_exact_mut(d)).zip(selected.lists) {
-        sparse_attention(q, d, keys, values, ids, scale, probs, o);
+    let g = selected.lists.len();
+    union_of(selected.lists, &mut scratch.union);
+    let listed: usize = selected.lists.iter().map(Vec::len).sum();
+    if g * scratch.union.len() > 2 * listed {
+        scratch.rows_read = listed;
+        for ((q, o), ids) in queries.chunks_exact(d).zip(out.chunks_exact_mut(d)).zip(selected.lists) {
+            sparse_attention(q, d, keys, values, ids, scale, probs, o);
+            observe(ids, probs);
+        }
+        return;
+    }
+    let AttnScratch { probs, union, scores, weights, rows_read } = scratch;
+    let u = union.len();
+    *rows_read = u;
+    let rows = || union.iter().map(|&i| i as usize);
+    scores.clear();
+    scores.resize(g * u, 0.0);
+    score_rows(queries, d, keys, rows(), scale, scores);
+    weights.clear();
+    weights.resize(g * u, 0.0);
+    for ((ids, row_scores), row_weights) in
+        selected.lists.iter().zip(scores.chunks_exact(u)).zip(weights.chunks_exact_mut(u))
+    {
+        // The row's own scores, in its list's order (a sorted subset of the union).
+        probs.clear();
+        let mut at = 0;
+        let positions = ids.iter().map(|id| {
+            while union[at] != *id {
+                at += 1;
+            }
+            at
+        });
+        for p in positions {
+            probs.push(row_scores[p]);
+        }
+        softmax(probs);
+        let mut at = 0;
+        for (id, &p) in ids.iter().zip(probs.iter()) {
+            while union[at] != *id {
+                at += 1;
+            }
+            row_weights[at] = p;
+        }
         observe(ids, probs);
+    }
+    out.fill(0.0);
+    weigh_rows(weights, d, values, rows(), out);
+}
+
+/// The sorted union of sorted, distinct id lists, into `union`.
+fn union_of(lists: &[Vec<u32>], union: &mut Vec<u32>) {
+    union.clear();
+    let mut heads = [0usize; 16];
+    if lists.len() > heads.len() {
+        // Wider groups than any model has: sort the concatenation.
+        union.extend(lists.iter().flatten());
+        union.sort_unstable();
+        union.dedup();
+        return;
+    }
+    let heads = &mut heads[..lists.len()];
+    loop {
+        let next = lists.iter().zip(heads.iter()).filter_map(|(l, &h)| l.get(h)).min().copied();
+        let Some(id) = next else { return };
+        union.push(id);
+        for (l, h) in lists.iter().zip(heads.iter_mut()) {
+            if l.get(*h) == Some(&id) {
+                *h += 1;
+            }
+        }
     }
 }
 
@@ -190,6 +298,63 @@ mod tests {
                 }
             }
         }
+    }
+
+    proptest::proptest! {
+        /// Lists of their own, read once as their union or each alone, give bitwise what
+        /// each row gives attending alone, and observe each row's own probabilities.
+        #[test]
+        fn own_lists_equal_each_row_alone(
+            g in 1usize..6,
+            d in 1usize..20,
+            total in 1usize..80,
+            picks in proptest::collection::vec(proptest::collection::btree_set(0u32..80, 0..40), 6),
+            seed in 0usize..1000,
+        ) {
+            let val = |i: usize, salt: usize| ((i * 7919 + salt * 104_729) % 2003) as f32 / 500.0 - 2.0;
+            let q: Vec<f32> = (0..g * d).map(|i| val(i, seed)).collect();
+            let keys: Vec<half::f16> = (0..total * d).map(|i| half::f16::from_f32(val(i, seed + 1))).collect();
+            let values: Vec<half::f16> = (0..total * d).map(|i| half::f16::from_f32(val(i, seed + 2))).collect();
+            // Overlapping lists (a shared core) or disjoint ones, by the seed.
+            let lists: Vec<Vec<u32>> = picks[..g]
+                .iter()
+                .map(|set| {
+                    let mut ids: Vec<u32> = set.iter().map(|&p| p % total as u32).collect();
+                    if seed % 2 == 0 {
+                        ids.extend(0..(total as u32).min(10));
+                    }
+                    ids.sort_unstable();
+                    ids.dedup();
+                    ids
+                })
+                .collect();
+            let selected = Selected { lists: &lists, context: total + 1 };
+            let mut scratch = AttnScratch::default();
+            let mut out = vec![f32::NAN; g * d];
+            let mut seen = Vec::new();
+            attend_selected(&q, d, &keys, &values, selected, 0.3, &mut scratch, &mut out, |ids, p| {
+                seen.push((ids.to_vec(), p.to_vec()));
+            });
+            proptest::prop_assert_eq!(seen.len(), g);
+            for (j, ids) in lists.iter().enumerate() {
+                let (mut p1, mut one) = (Vec::new(), vec![f32::NAN; d]);
+                sparse_attention(&q[j * d..(j + 1) * d], d, &keys, &values, ids, 0.3, &mut p1, &mut one);
+                proptest::prop_assert_eq!(&one[..], &out[j * d..(j + 1) * d], "row {}", j);
+                proptest::prop_assert_eq!(&seen[j].0, ids);
+                proptest::prop_assert_eq!(&seen[j].1, &p1);
+            }
+        }
+    }
+
+    #[test]
+    fn union_merges_sorted_lists() {
+        let mut union = Vec::new();
+        union_of(&[vec![1, 4, 9], vec![], vec![0, 4, 5, 9, 12]], &mut union);
+        assert_eq!(union, [0, 1, 4, 5, 9, 12]);
+        let wide: Vec<Vec<u32>> = (0..20).map(|i| vec![i % 7, 30 + i]).collect();
+        union_of(&wide, &mut union);
+        assert_eq!(union.len(), 7 + 20);
+        assert!(union.windows(2).all(|w| w[0] < w[1]));
     }
 
     #[test]

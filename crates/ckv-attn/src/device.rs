@@ -254,7 +254,7 @@ fn refresh_index<E: Element>(
     let parts: Vec<IndexParts<'_>> = indexes
         .iter()
         .map(|i| IndexParts {
-            centroids: i.centroids(),
+            centroids: i.centroids_f16(),
             sizes: i.sizes(),
             offsets: i.offsets(),
             members: i.members(),

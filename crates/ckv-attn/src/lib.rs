@@ -44,7 +44,7 @@ mod error;
 mod pipeline;
 mod prefill;
 
-pub use attention::{Selected, attend_rows, attend_selected, dense_attention, sparse_attention};
+pub use attention::{AttnScratch, Selected, attend_rows, attend_selected, dense_attention, sparse_attention};
 pub use backend::Backend;
 pub use ckv_cache::{OffloadParams, TierStats};
 pub use config::{PipelineConfig, ValidPipelineConfig};

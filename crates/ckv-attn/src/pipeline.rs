@@ -14,7 +14,7 @@ use rayon::prelude::*;
 #[cfg(feature = "cuda")]
 use crate::device::GpuState;
 use crate::prefill::{HeadF32, causal_attention};
-use crate::{AttnError, Backend, Selected, ValidPipelineConfig, attend_selected};
+use crate::{AttnError, AttnScratch, Backend, Selected, ValidPipelineConfig, attend_selected};
 
 /// Identifies a sequence held by a [`LayerPipeline`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -81,7 +81,7 @@ struct HeadState<E: Element> {
     selector: Box<dyn Selector<E>>,
     /// The ids of the last step: one list per query head, or one per group.
     selections: Vec<Vec<u32>>,
-    probs: Vec<f32>,
+    scratch: AttnScratch,
     /// Attention each prompt token received from the prompt's queries (summed over the
     /// group), while in prefill; the selector observes it when the prefill ends.
     prompt_attention: Vec<f32>,
@@ -184,7 +184,7 @@ impl<E: Element> LayerPipeline<E> {
                     selections: (0..select.gqa().selections_per_group(cfg.group()))
                         .map(|_| Vec::with_capacity(attended))
                         .collect(),
-                    probs: Vec::with_capacity(attended * cfg.group()),
+                    scratch: AttnScratch::with_capacity(cfg.group(), attended),
                     prompt_attention: Vec::new(),
                     // On the GPU backend the tier lives on the device.
                     tier: cfg.offload().filter(|_| !on_device).map(|o| DeviceTier::new(d, o)).transpose()?,
@@ -607,7 +607,8 @@ fn decode_one<E: Element>(
             if grow {
                 head.selector.grow(head.kv.keys(), d, c..t, Growth::Window)?;
             }
-            let step = StepCtx { queries, n_queries: g, keys: head.kv.keys(), d, regions };
+            let step =
+                StepCtx { queries, n_queries: g, keys: head.kv.keys(), d, scale: cfg.scale(), regions };
             select_group(head.selector.as_mut(), select, &step, &mut head.selections)?;
             let lists = &head.selections;
             // With offload the attention reads the device tier's slots: the same rows in the
@@ -627,7 +628,7 @@ fn decode_one<E: Element>(
                 call += 1;
             };
             let selected = Selected { lists: read, context: regions.context() };
-            attend_selected(queries, d, keys, values, selected, cfg.scale(), &mut head.probs, out, observe);
+            attend_selected(queries, d, keys, values, selected, cfg.scale(), &mut head.scratch, out, observe);
             Ok::<(), AttnError>(())
         })?;
     state.clustered_end = clustered_end;

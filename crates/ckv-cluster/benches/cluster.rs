@@ -1,6 +1,7 @@
-//! Benchmarks of the hot functions of `ckv-cluster`: k-means over f16 key rows (one head, and
-//! eight heads at once as the prompt clustering of one layer does), the `A · Bᵀ` product that
-//! scores rows against centroids, and the f16/f32 row dot product at `d = 128`.
+//! Benchmarks of the hot functions of `ckv-cluster`: k-means over f16 key rows (one head with
+//! random and with k-means++ seeding, and eight heads at once as the prompt clustering of one
+//! layer does), the `A · Bᵀ` product that scores rows against centroids, and the f16/f32 row
+//! dot product at `d = 128`.
 //!
 //! Inputs are seeded pseudo-random keys, uniform in `[-1, 1)`: they have no cluster
 //! structure, so k-means runs all or nearly all of its 20 iterations (the worst case: 20 for
@@ -14,7 +15,7 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use ckv_cluster::{ClusterParams, Element, dot, kmeans, kmeans_heads, matmul_nt};
+use ckv_cluster::{ClusterParams, Element, Init, dot, kmeans, kmeans_heads, matmul_nt};
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use half::f16;
 use rand::{RngExt, SeedableRng};
@@ -41,6 +42,16 @@ fn bench_kmeans(c: &mut Criterion) {
     group.throughput(Throughput::Elements(rows as u64));
     group.bench_function("1x8192xd128_f16_k100_it20", |b| {
         b.iter(|| kmeans(&params, black_box(&keys), D).expect("kmeans"))
+    });
+    // The same with k-means++ seeding (adds O(n k d) to the run).
+    let plus_plus = ClusterParams::new(clusters)
+        .max_iters(20)
+        .seed(7)
+        .init(Init::PlusPlus)
+        .validate()
+        .expect("valid params");
+    group.bench_function("1x8192xd128_f16_k100_it20_kmeanspp", |b| {
+        b.iter(|| kmeans(&plus_plus, black_box(&keys), D).expect("kmeans"))
     });
 
     // One layer's prompt: 8 KV heads of 4096 keys, ceil(4096 / 80) = 52 clusters each.

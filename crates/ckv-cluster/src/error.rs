@@ -42,6 +42,9 @@ pub enum ClusterError {
         /// The offending value.
         value: f32,
     },
+    /// An unknown k-means initialisation name (see [`Init`](crate::Init)); holds the name given.
+    #[error("unknown k-means init {0:?}: expected random or kmeans++")]
+    UnknownInit(String),
 }
 
 #[cfg(test)]
@@ -57,5 +60,7 @@ mod tests {
         let m = ClusterError::NonFinite { row: 4, col: 1, value: f32::NAN }.to_string();
         assert!(m.contains("row 4") && m.contains("column 1") && m.contains("NaN"), "{m}");
         assert!(ClusterError::ZeroDim.to_string().contains("d is 0"));
+        let m = ClusterError::UnknownInit("kmeans--".into()).to_string();
+        assert!(m.contains("\"kmeans--\"") && m.contains("kmeans++"), "{m}");
     }
 }

@@ -1,6 +1,7 @@
 //! Spherical-assignment k-means over key rows: the driver loop and the public entry points.
 
 mod assign;
+mod init;
 mod normalize;
 mod update;
 mod validate;
@@ -26,7 +27,8 @@ const CONVERT_CHUNK: usize = 1 << 16;
 /// Rows are assigned to the centroid of highest cosine similarity (ties to the lower cluster
 /// id; zero rows and zero centroids have similarity 0 with everything), and every non-empty
 /// centroid is updated to the mean of its members' raw rows. Initial centroids are `k`
-/// distinct rows sampled with `ChaCha8Rng::seed_from_u64(seed)`. The loop runs until no label
+/// distinct rows chosen with `ChaCha8Rng::seed_from_u64(seed)`, uniformly or by k-means++ in
+/// cosine space as [`params.init()`](ValidClusterParams::init) says (see [`Init`](crate::Init)). The loop runs until no label
 /// changes or `max_iters` update + re-assignment rounds were done; the returned centroids are
 /// always the means of the returned members (empty clusters keep their previous centroid).
 /// See [`Clustering`] for the objective.
@@ -83,10 +85,11 @@ fn lloyd(params: &ValidClusterParams, x: &[f32], n: usize, d: usize) -> Clusteri
     let mut xn = vec![0.0f32; n * d];
     normalize_rows(x, &mut xn, d);
 
-    // Initial centroids: k distinct rows, in the sampled order.
+    // Initial centroids: k distinct rows, in the order chosen.
     let mut rng = ChaCha8Rng::seed_from_u64(params.seed());
     let mut centroids = vec![0.0f32; k * d];
-    for (c, i) in centroids.chunks_exact_mut(d).zip(rand::seq::index::sample(&mut rng, n, k).iter()) {
+    let initial = init::initial_rows(params.init(), &xn, n, d, k, &mut rng);
+    for (c, &i) in centroids.chunks_exact_mut(d).zip(&initial) {
         c.copy_from_slice(&x[i * d..(i + 1) * d]);
     }
     let mut cn = vec![0.0f32; k * d];

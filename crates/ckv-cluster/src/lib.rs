@@ -44,6 +44,6 @@ pub use element::Element;
 pub use error::ClusterError;
 pub use kmeans::{kmeans, kmeans_heads};
 pub use matmul::{matmul_nn, matmul_nt};
-pub use params::{ClusterParams, ValidClusterParams};
+pub use params::{ClusterParams, Init, ValidClusterParams};
 pub use rows::{RowData, score_rows, simd_level, softmax, weigh_rows};
 pub use values::{ValueError, check_values};

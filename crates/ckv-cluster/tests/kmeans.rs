@@ -1,7 +1,7 @@
 //! Behavioural tests of `kmeans` / `kmeans_heads`.
 
 use ckv_cluster::{
-    ClusterError, ClusterParams, Clustering, Element, ValidClusterParams, kmeans, kmeans_heads,
+    ClusterError, ClusterParams, Clustering, Element, Init, ValidClusterParams, kmeans, kmeans_heads,
 };
 use half::f16;
 use proptest::prelude::*;
@@ -168,12 +168,27 @@ fn independent_of_thread_count() {
     check_invariants(&single, &heads[0], d, k, 8).unwrap();
 }
 
-/// Test inputs: uniform, small integers (many ties, duplicate and zero rows), or clustered.
+/// Test inputs: uniform, small integers (many ties, duplicate and zero rows), clustered, or
+/// (mode 3) copies and positive multiples of at most three rows mixed with zero rows (fewer
+/// distinct directions than most `k`).
 fn gen_rows(mode: u8, n: usize, d: usize, seed: u64) -> Vec<f32> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     match mode {
         0 => (0..n * d).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect(),
         1 => (0..n * d).map(|_| rng.random_range(-2i32..=2) as f32).collect(),
+        3 => {
+            let distinct = rng.random_range(1..=3usize);
+            let base: Vec<f32> = (0..distinct * d).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect();
+            (0..n)
+                .flat_map(|_| {
+                    let b = rng.random_range(0..=distinct);
+                    let scale = if rng.random_bool(0.5) { 1.0 } else { 0.5 + 2.0 * rng.random::<f32>() };
+                    (0..d)
+                        .map(|p| if b == distinct { 0.0 } else { scale * base[b * d + p] })
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        }
         _ => {
             let centers: Vec<f32> = (0..5 * d).map(|_| rng.random::<f32>() * 20.0 - 10.0).collect();
             (0..n)
@@ -206,6 +221,38 @@ proptest! {
         if let Err(e) = check_invariants(&c, &rows, d, k, max_iters) {
             return Err(TestCaseError::fail(e));
         }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(160))]
+
+    /// The invariants of `invariants_hold` under k-means++ seeding, with the edge sizes
+    /// (n = 1, k = 1, k = n) drawn often and inputs with duplicates, zero rows and fewer
+    /// distinct directions than k.
+    #[test]
+    fn invariants_hold_plus_plus(
+        n in 1usize..=300,
+        d in 1usize..=17,
+        k_mode in 0u8..4,
+        k_frac in 0.0f64..1.0,
+        mode in 0u8..4,
+        seed in any::<u64>(),
+        data_seed in any::<u64>(),
+        max_iters in 0usize..=25,
+    ) {
+        let k = match k_mode {
+            0 => 1,
+            1 => n,
+            _ => 1 + ((n.min(20) - 1) as f64 * k_frac).round() as usize,
+        };
+        let rows = gen_rows(mode, n, d, data_seed);
+        let p = ClusterParams::new(k).seed(seed).max_iters(max_iters).init(Init::PlusPlus).validate().unwrap();
+        let c = kmeans(&p, &rows, d).unwrap();
+        if let Err(e) = check_invariants(&c, &rows, d, k, max_iters) {
+            return Err(TestCaseError::fail(e));
+        }
+        prop_assert_eq!(&c, &kmeans(&p, &rows, d).unwrap());
     }
 }
 
@@ -282,6 +329,159 @@ fn recovers_separated_clusters() {
             "seed {seed}: rows {row_cos}, centroids {centroid_cos}"
         );
     }
+}
+
+#[test]
+fn plus_plus_independent_of_thread_count() {
+    // Several distance-update tasks and assignment blocks (the last ones partial), zero rows.
+    let (n, d, k) = (3000 + 17, 24, 40);
+    let mut heads: Vec<Vec<f32>> = (0..3).map(|h| uniform_rows(n - 100 * h, d, 200 + h as u64)).collect();
+    for i in (0..n - 200).step_by(11) {
+        heads[1][i * d..(i + 1) * d].fill(0.0);
+    }
+    let head_refs: Vec<&[f32]> = heads.iter().map(Vec::as_slice).collect();
+    let p = ClusterParams::new(k).seed(9).max_iters(8).init(Init::PlusPlus).validate().unwrap();
+    let run = |threads: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(|| (kmeans(&p, &heads[0], d).unwrap(), kmeans_heads(&p, &head_refs, d).unwrap()))
+    };
+    let (single, single_heads) = run(1);
+    let (multi, multi_heads) = run(3);
+    assert_eq!(single, multi);
+    assert_eq!(single_heads, multi_heads);
+    assert_eq!(single_heads[0], single);
+    for (h, c) in single_heads.iter().enumerate() {
+        check_invariants(c, &heads[h], d, k, 8).unwrap();
+    }
+    // The option is wired: the random init from the same seed starts elsewhere.
+    let random = ClusterParams::new(k).seed(9).max_iters(8).validate().unwrap();
+    assert_ne!(kmeans(&random, &heads[0], d).unwrap().objective_history[0], single.objective_history[0]);
+}
+
+/// `blobs` random directions in `d` dimensions, `per` rows each: the direction times a norm in
+/// [0.5, 2] plus a tiny noise (1e-3 per coordinate), shuffled. Returns (rows, class per row).
+fn tight_blobs(blobs: usize, per: usize, d: usize, seed: u64) -> (Vec<f32>, Vec<usize>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let gauss = |rng: &mut ChaCha8Rng| -> f32 { (0..12).map(|_| rng.random::<f32>()).sum::<f32>() - 6.0 };
+    let dirs: Vec<Vec<f64>> =
+        (0..blobs).map(|_| unit(&(0..d).map(|_| gauss(&mut rng)).collect::<Vec<_>>())).collect();
+    let mut order: Vec<usize> = (0..blobs * per).map(|i| i / per).collect();
+    for i in (1..order.len()).rev() {
+        let j = rng.random_range(0..=i);
+        order.swap(i, j);
+    }
+    let mut rows = Vec::with_capacity(order.len() * d);
+    for &t in &order {
+        let norm = 0.5 + 1.5 * rng.random::<f32>();
+        for dir in &dirs[t] {
+            rows.push(norm * (*dir as f32 + 1e-3 * gauss(&mut rng)));
+        }
+    }
+    (rows, order)
+}
+
+/// Whether the labels are exactly the classes (up to renaming): one cluster per class.
+fn one_cluster_per_class(labels: &[u32], truth: &[usize], k: usize) -> bool {
+    let mut class_of = vec![usize::MAX; k];
+    let mut cluster_of = vec![u32::MAX; k];
+    for (&l, &t) in labels.iter().zip(truth) {
+        if class_of[l as usize] == usize::MAX && cluster_of[t] == u32::MAX {
+            class_of[l as usize] = t;
+            cluster_of[t] = l;
+        }
+        if class_of[l as usize] != t || cluster_of[t] != l {
+            return false;
+        }
+    }
+    true
+}
+
+#[test]
+fn plus_plus_seeds_one_centre_per_blob() {
+    // 10 tight blobs along random directions in d = 32: on this data the blob directions
+    // have pairwise cos <= 0.5 (D^2 >= 1 between blobs) and every row is within D^2 1.1e-4
+    // (typically 3e-5) of its blob's rows. Once j blobs hold a centre, the next draw lands in
+    // a covered blob with probability at most j * 100 * 1.1e-4 / ((10 - j) * 100), about
+    // 0.2% summed over j: a run misses a blob with probability well under 1%, and 20 of 20
+    // seeds succeed. With `max_iters(0)` the labels are the initial assignment to the seeded
+    // rows, so they show the seeding itself (Lloyd cannot repair it). Uniform seeding covers
+    // all 10 blobs with probability 10!/10^10 = 0.04% per run (0 of these 20 seeds).
+    let (blobs, per, d) = (10, 100, 32);
+    let (rows, truth) = tight_blobs(blobs, per, d, 5);
+    let seeds = 0..20u64;
+    let covered = |init: Init| -> usize {
+        seeds
+            .clone()
+            .filter(|&seed| {
+                let p = ClusterParams::new(blobs).seed(seed).max_iters(0).init(init).validate().unwrap();
+                let c = kmeans(&p, &rows, d).unwrap();
+                check_invariants(&c, &rows, d, blobs, 0).unwrap();
+                one_cluster_per_class(&c.labels, &truth, blobs)
+            })
+            .count()
+    };
+    assert_eq!(covered(Init::PlusPlus), 20);
+    assert!(covered(Init::RandomRows) <= 1);
+    // With Lloyd iterations k-means++ keeps the exact blob partition.
+    for seed in seeds {
+        let p = ClusterParams::new(blobs).seed(seed).init(Init::PlusPlus).validate().unwrap();
+        let c = kmeans(&p, &rows, d).unwrap();
+        assert!(one_cluster_per_class(&c.labels, &truth, blobs), "seed {seed}");
+        assert!(c.sizes.iter().all(|&s| s as usize == per), "seed {seed}: {:?}", c.sizes);
+    }
+}
+
+#[test]
+fn plus_plus_edge_cases() {
+    // All rows identical: after the first centre every D is 0, so the rest are distinct
+    // random rows; every row ties, the lowest id wins, the others stay empty.
+    let d = 3;
+    let rows: Vec<f32> = [0.5f32, -1.0, 2.0].repeat(20);
+    let p = ClusterParams::new(4).init(Init::PlusPlus).validate().unwrap();
+    let c = kmeans(&p, &rows, d).unwrap();
+    assert_eq!(c.sizes, [20, 0, 0, 0]);
+    assert_eq!(c.centroids, [0.5f32, -1.0, 2.0].repeat(4));
+    // All rows zero.
+    let zeros = vec![0.0f32; 30 * d];
+    let c = kmeans(&p, &zeros, d).unwrap();
+    assert_eq!(c.sizes, [30, 0, 0, 0]);
+    assert!(c.centroids.iter().all(|&v| v == 0.0));
+    // n = k = 1 and n = k.
+    let one = ClusterParams::new(1).init(Init::PlusPlus).validate().unwrap();
+    assert_eq!(kmeans(&one, &[3.0f32, -4.0], 2).unwrap().centroids, [3.0, -4.0]);
+    let (n, d) = (120, 5);
+    let rows = uniform_rows(n, d, 8);
+    let p = ClusterParams::new(n).seed(2).init(Init::PlusPlus).validate().unwrap();
+    let c = kmeans(&p, &rows, d).unwrap();
+    assert!(c.sizes.iter().all(|&s| s == 1));
+    check_invariants(&c, &rows, d, n, 20).unwrap();
+    // d = 1: two directions; k-means++ always seeds one of each sign, so they separate.
+    let rows: Vec<f32> = (0..50).map(|i| if i % 2 == 0 { 1.0 + i as f32 } else { -1.0 - i as f32 }).collect();
+    for seed in 0..8 {
+        let p = ClusterParams::new(2).seed(seed).init(Init::PlusPlus).validate().unwrap();
+        let c = kmeans(&p, &rows, 1).unwrap();
+        assert_eq!(c.sizes, [25, 25], "seed {seed}");
+        assert_ne!(c.labels[0], c.labels[1]);
+    }
+}
+
+#[test]
+fn init_names() {
+    assert_eq!(Init::default(), Init::RandomRows);
+    assert_eq!(ClusterParams::new(2).validate().unwrap().init(), Init::RandomRows);
+    for init in Init::ALL {
+        assert_eq!(init.to_string().parse::<Init>(), Ok(init));
+        assert_eq!(init.name().to_uppercase().parse::<Init>(), Ok(init));
+        assert_eq!(ClusterParams::new(2).init(init).validate().unwrap().init(), init);
+    }
+    assert_eq!("random".parse::<Init>(), Ok(Init::RandomRows));
+    assert_eq!("KMEANS++".parse::<Init>(), Ok(Init::PlusPlus));
+    let err = "farthest".parse::<Init>().unwrap_err();
+    assert_eq!(err, ClusterError::UnknownInit("farthest".into()));
+    assert!(err.to_string().contains("farthest"), "{err}");
 }
 
 #[test]

@@ -1,9 +1,9 @@
 //! The cluster index of ClusterKV: stage 2 of cluster -> **index** -> select -> attend.
 //!
 //! One [`ClusterIndex`] per (sequence, layer, KV head) stores the clustered keys in a CSR
-//! layout: centroids `[C, d]` (f32), sizes `[C]`, offsets `[C + 1]` (prefix sums of the
-//! sizes) and members `[n]` (absolute token ids grouped by cluster, ascending inside each
-//! cluster). The prompt's clustering builds it; every decode window's clustering is
+//! layout: centroids `[C, d]` (f32, and rounded to f16: the copy a decode step scores, half
+//! the bytes), sizes `[C]`, offsets `[C + 1]` (prefix sums of the sizes) and members `[n]`
+//! (absolute token ids grouped by cluster, ascending inside each cluster). The prompt's clustering builds it; every decode window's clustering is
 //! appended to it; old clusters are never re-clustered.
 //!
 //! ```
@@ -25,6 +25,7 @@
 //! ```
 
 use ckv_cluster::Clustering;
+use half::f16;
 
 /// Errors of the cluster index.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -58,6 +59,7 @@ pub enum IndexError {
 pub struct ClusterIndex {
     d: usize,
     centroids: Vec<f32>,
+    centroids_f16: Vec<f16>,
     sizes: Vec<u32>,
     offsets: Vec<u32>,
     members: Vec<u32>,
@@ -69,7 +71,14 @@ impl ClusterIndex {
         if d == 0 {
             return Err(IndexError::ZeroDim);
         }
-        Ok(Self { d, centroids: Vec::new(), sizes: Vec::new(), offsets: vec![0], members: Vec::new() })
+        Ok(Self {
+            d,
+            centroids: Vec::new(),
+            centroids_f16: Vec::new(),
+            sizes: Vec::new(),
+            offsets: vec![0],
+            members: Vec::new(),
+        })
     }
 
     /// Appends the clusters of `clustering`, whose row `i` is the token `first_token + i`.
@@ -114,6 +123,7 @@ impl ClusterIndex {
             *slot += 1;
         }
         self.centroids.extend_from_slice(&clustering.centroids);
+        self.centroids_f16.extend(clustering.centroids.iter().map(|&c| f16::from_f32(c)));
         let mut end = *self.offsets.last().unwrap_or(&0);
         for &size in &clustering.sizes {
             end += size;
@@ -141,6 +151,12 @@ impl ClusterIndex {
     /// All centroids, `[C, d]` row-major.
     pub fn centroids(&self) -> &[f32] {
         &self.centroids
+    }
+
+    /// All centroids rounded to f16 (nearest, as `half` rounds), `[C, d]` row-major: what a
+    /// decode step scores, so that ranking reads half the bytes of the f32 centroids.
+    pub fn centroids_f16(&self) -> &[f16] {
+        &self.centroids_f16
     }
 
     /// The centroid of cluster `c`.
@@ -177,6 +193,7 @@ impl ClusterIndex {
     /// Heap memory held by the index, in bytes.
     pub fn memory_bytes(&self) -> usize {
         self.centroids.capacity() * size_of::<f32>()
+            + self.centroids_f16.capacity() * size_of::<f16>()
             + (self.sizes.capacity() + self.offsets.capacity() + self.members.capacity()) * size_of::<u32>()
     }
 }
@@ -212,6 +229,8 @@ mod tests {
         assert_eq!(index.n_clusters(), 4);
         assert_eq!(index.members_of(3), &[15, 16]);
         assert_eq!(index.centroid(3), &[0.0, 1.0]);
+        let rounded: Vec<f32> = index.centroids_f16().iter().map(|c| c.to_f32()).collect();
+        assert_eq!(rounded, index.centroids());
         assert_eq!(index.n_tokens(), 7);
         assert!(index.memory_bytes() >= (8 * 4) + (4 + 5 + 7) * 4);
     }

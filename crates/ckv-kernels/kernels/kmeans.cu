@@ -5,7 +5,9 @@
 // stable counting sort: per-block counts, one scan, a stable scatter), and moves every
 // non-empty centroid to the mean of its members' raw rows (f32 sums in member order:
 // deterministic, no atomics on values). Heads are independent: blockIdx.y is the head,
-// except in kmeans_scan (blockIdx.x).
+// except in kmeans_scan (blockIdx.x). Any number of clusters: the counts and the scatter
+// keep theirs in shared memory up to MAX_K, in global memory beyond. The index the selection
+// ranks takes an f16 copy of the final centroids (kmeans_centroids_f16).
 //
 // Shapes (row-major, per head h, `n` rows of dimension `d`, `k` clusters, `dp` = d rounded
 // up to a multiple of 16, the padding zero):
@@ -15,6 +17,7 @@
 //   labels    [heads, n] u32                      changed [heads] u32
 //   counts    [heads, k, blocks] u32 (rows of each cluster in each block of COUNT_ROWS)
 //   sizes, offsets [heads, k] u32                 members [heads, n] u32: ids `first + row`
+//   out       [heads, k, d] f16 (kmeans_centroids_f16: the centroids rounded)
 
 #include <cuda_fp16.h>
 
@@ -149,17 +152,27 @@ extern "C" __global__ void __launch_bounds__(32 * ASSIGN_WARPS) kmeans_assign(
     }
 }
 
-// Block (b, head) counts its COUNT_ROWS rows per cluster: counts[head][c][b].
+// Block (b, head) counts its COUNT_ROWS rows per cluster: counts[head][c][b]. Up to MAX_K
+// clusters count in shared memory; more count straight into the block's column of `counts`
+// (global atomics), so that any number of clusters is counted.
 extern "C" __global__ void kmeans_block_counts(const unsigned* __restrict__ labels, int n, int k,
                                                unsigned* __restrict__ counts) {
     __shared__ unsigned count[MAX_K];
     const int head = blockIdx.y, b = blockIdx.x, blocks = gridDim.x;
+    const int end = min(n, (b + 1) * COUNT_ROWS);
+    const unsigned* head_labels = labels + (long long)head * n;
+    if (k > MAX_K) {
+        unsigned* column = counts + (long long)head * k * blocks + b;
+        for (int c = threadIdx.x; c < k; c += blockDim.x) column[(long long)c * blocks] = 0u;
+        __syncthreads();
+        for (int i = b * COUNT_ROWS + threadIdx.x; i < end; i += blockDim.x) {
+            atomicAdd(column + (long long)head_labels[i] * blocks, 1u);
+        }
+        return;
+    }
     for (int c = threadIdx.x; c < k; c += blockDim.x) count[c] = 0u;
     __syncthreads();
-    const int end = min(n, (b + 1) * COUNT_ROWS);
-    for (int i = b * COUNT_ROWS + threadIdx.x; i < end; i += blockDim.x) {
-        atomicAdd(&count[labels[(long long)head * n + i]], 1u);
-    }
+    for (int i = b * COUNT_ROWS + threadIdx.x; i < end; i += blockDim.x) atomicAdd(&count[head_labels[i]], 1u);
     __syncthreads();
     for (int c = threadIdx.x; c < k; c += blockDim.x) counts[((long long)head * k + c) * blocks + b] = count[c];
 }
@@ -185,12 +198,20 @@ extern "C" __global__ void __launch_bounds__(1024) kmeans_scan(unsigned* __restr
 
 // One warp per (block, head): the block's rows in order, each to the next slot of its
 // cluster (from the scanned counts), so every cluster lists its rows in ascending order.
+// The cursors are in shared memory for up to MAX_K clusters; beyond, the block's column of
+// `starts` itself (advanced in place: the scanned counts are not read again).
 extern "C" __global__ void kmeans_scatter(const unsigned* __restrict__ labels, int n, int k,
-                                          const unsigned* __restrict__ starts, unsigned first,
+                                          unsigned* __restrict__ starts, unsigned first,
                                           unsigned* __restrict__ members) {
-    __shared__ unsigned cursor[MAX_K];
+    __shared__ unsigned shared_cursor[MAX_K];
     const int head = blockIdx.y, b = blockIdx.x, blocks = gridDim.x, lane = threadIdx.x;
-    for (int c = lane; c < k; c += 32) cursor[c] = starts[((long long)head * k + c) * blocks + b];
+    unsigned* column = starts + (long long)head * k * blocks + b;
+    const bool in_shared = k <= MAX_K;
+    if (in_shared) {
+        for (int c = lane; c < k; c += 32) shared_cursor[c] = column[(long long)c * blocks];
+    }
+    unsigned* cursor = in_shared ? shared_cursor : column;
+    const long long step = in_shared ? 1 : blocks;
     __syncwarp();
     const int end = min(n, (b + 1) * COUNT_ROWS);
     for (int base = b * COUNT_ROWS; base < end; base += 32) {
@@ -199,9 +220,9 @@ extern "C" __global__ void kmeans_scatter(const unsigned* __restrict__ labels, i
         const unsigned label = valid ? labels[(long long)head * n + i] : 0xffffffffu;
         const unsigned peers = __match_any_sync(0xffffffffu, label);
         const unsigned rank = __popc(peers & ((1u << lane) - 1u));
-        if (valid) members[(long long)head * n + cursor[label] + rank] = first + (unsigned)i;
+        if (valid) members[(long long)head * n + cursor[label * step] + rank] = first + (unsigned)i;
         __syncwarp();
-        if (valid && rank == 0) cursor[label] += __popc(peers);
+        if (valid && rank == 0) cursor[label * step] += __popc(peers);
         __syncwarp();
     }
 }
@@ -236,4 +257,14 @@ extern "C" __global__ void kmeans_update(const float* __restrict__ x, int n, int
     const float inv = total > 0.0f ? rsqrtf(total) : 0.0f;
     __half* unit = cn + ((long long)head * k + cluster) * dp;
     for (int e = threadIdx.x; e < dp; e += blockDim.x) unit[e] = __float2half_rn(e < d ? centroid[e] * inv : 0.0f);
+}
+
+// The f16 copy of `len` centroid values that the selection reads: each rounded to the
+// nearest f16, ties to even (as `half::f16::from_f32` rounds).
+extern "C" __global__ void kmeans_centroids_f16(const float* __restrict__ centroids, long long len,
+                                                __half* __restrict__ out) {
+    const long long threads = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < len; i += threads) {
+        out[i] = __float2half_rn(centroids[i]);
+    }
 }

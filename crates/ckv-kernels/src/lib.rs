@@ -9,8 +9,9 @@
 //! - With the `cuda` feature, [`Gpu`]: a context with every source compiled by NVRTC for the device, and on it:
 //!   - [`DeviceKv`]: a sequence's f16 KV of every KV head, appended one token at a time
 //!     ([`Gpu::append_kv`]);
-//!   - [`DeviceIndex`]: a sequence's cluster index (CSR) of every KV head, uploaded
-//!     ([`Gpu::upload_index`]) or built by k-means on the GPU ([`Gpu::cluster`]);
+//!   - [`DeviceIndex`]: a sequence's cluster index (CSR, f16 centroids, any number of
+//!     clusters) of every KV head, uploaded ([`Gpu::upload_index`]) or built by k-means on
+//!     the GPU ([`Gpu::cluster`]);
 //!   - [`Gpu::decode_step`]: the id lists of a step (ClusterKV's selection under either GQA
 //!     policy, or every clustered token) and flash-decoding attention over them, or dense
 //!     attention; results stay on the device until read;

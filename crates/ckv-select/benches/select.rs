@@ -49,6 +49,7 @@ fn bench_select(c: &mut Criterion) {
         n_queries: GROUP,
         keys: &keys,
         d: D,
+        scale: 1.0 / (D as f32).sqrt(),
         regions: Regions::new(SINK, PROMPT, PROMPT).expect("regions"),
     };
     let clustered = (PROMPT - SINK) as usize;

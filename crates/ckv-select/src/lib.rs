@@ -23,6 +23,7 @@
 //!     n_queries: 1,
 //!     keys: &keys,
 //!     d,
+//!     scale: 0.5,
 //!     regions: Regions::new(4, 150, 160).unwrap(),
 //! };
 //! let mut ids = Vec::new();
@@ -33,21 +34,26 @@
 //! ```
 
 mod error;
+mod mass;
 mod methods;
 mod params;
 mod rank;
 mod regions;
 mod selector;
 
+pub use ckv_cluster::Init;
 pub use error::SelectError;
 pub use methods::{
     ClusterKvSelector, DenseSelector, H2oSelector, OracleSelector, QuestSelector, StreamingLlmSelector,
     new_selector,
 };
-pub use params::{GqaPolicy, Method, SelectParams, ValidSelectParams};
+pub use params::{
+    Budget, CLUSTERS_PER_BUDGET, GqaPolicy, MAX_TOKENS_PER_CLUSTER, MIN_TOKENS_PER_CLUSTER, Method,
+    SelectParams, ValidSelectParams, default_tokens_per_cluster,
+};
 pub use rank::{partition_top, rank_covering, take_units};
 pub use regions::Regions;
-pub use selector::{Growth, Selector, StepCtx, select_group, select_step};
+pub use selector::{Goal, Growth, Selector, StepCtx, select_group, select_step};
 
 /// A seed for one clustering derived from a base seed and identifying parts (layer, KV
 /// head, clustering number), mixed with SplitMix64 so that nearby inputs give unrelated

@@ -3,6 +3,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use ckv_cluster::Init;
+
 use crate::SelectError;
 
 /// A KV selection method. Every method gets the same budget, sink and tail.
@@ -100,14 +102,75 @@ impl FromStr for GqaPolicy {
     }
 }
 
+/// How many tokens one head attends to per step (DESIGN section 4). Sink, selected, tail
+/// and current token all count.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Budget {
+    /// A fixed count `B` per step.
+    Tokens(usize),
+    /// Clusters (or tokens, for the oracle) in rank order until the estimated attention mass
+    /// of the attended set reaches the share `p` of the estimated total, never more than `max`
+    /// tokens. Only ClusterKV and the oracle take it (the oracle's mass is exact: top-p).
+    Mass {
+        /// The share of the attention mass to reach, in `(0, 1]`.
+        p: f32,
+        /// The cap: at most this many tokens per step.
+        max: usize,
+    },
+}
+
+impl Budget {
+    /// The most tokens a step attends to: `B`, or the cap of a mass target.
+    pub fn max_tokens(self) -> usize {
+        match self {
+            Budget::Tokens(b) | Budget::Mass { max: b, .. } => b,
+        }
+    }
+
+    /// The mass target `p`, if this is a mass-targeted budget.
+    pub fn mass(self) -> Option<f32> {
+        match self {
+            Budget::Tokens(_) => None,
+            Budget::Mass { p, .. } => Some(p),
+        }
+    }
+}
+
+impl fmt::Display for Budget {
+    /// `1024`, or `p0.9<=1024` for a mass target.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Budget::Tokens(b) => write!(f, "{b}"),
+            Budget::Mass { p, max } => write!(f, "p{p}<={max}"),
+        }
+    }
+}
+
+/// Prompt tokens per cluster derived from the budget `B` when none is set:
+/// `clamp(round(B / CLUSTERS_PER_BUDGET), MIN_TOKENS_PER_CLUSTER, MAX_TOKENS_PER_CLUSTER)`,
+/// so that a step selects about `CLUSTERS_PER_BUDGET` clusters whatever the budget.
+pub const CLUSTERS_PER_BUDGET: usize = 32;
+/// The smallest derived cluster size.
+pub const MIN_TOKENS_PER_CLUSTER: usize = 8;
+/// The largest derived cluster size (the paper's 80).
+pub const MAX_TOKENS_PER_CLUSTER: usize = 80;
+
+/// Tokens per cluster the defaults give a budget of `budget` tokens.
+pub fn default_tokens_per_cluster(budget: usize) -> usize {
+    ((budget as f64 / CLUSTERS_PER_BUDGET as f64).round() as usize)
+        .clamp(MIN_TOKENS_PER_CLUSTER, MAX_TOKENS_PER_CLUSTER)
+}
+
 /// Selection parameters (DESIGN section 4). Build with the setters, then
 /// [`validate`](SelectParams::validate).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SelectParams {
     method: Method,
     budget: usize,
+    mass: Option<f32>,
     sink: usize,
-    tokens_per_cluster: usize,
+    tokens_per_cluster: Option<usize>,
+    init: Init,
     max_iters: usize,
     window: Option<usize>,
     window_clusters: Option<usize>,
@@ -134,15 +197,17 @@ macro_rules! setter {
 }
 
 impl SelectParams {
-    /// Defaults of DESIGN section 4 for `method`: budget 1024, sink 16, 80 tokens per
-    /// cluster, 20 k-means iterations, window and window clusters derived from the budget,
-    /// Quest pages of 16, seed 0.
+    /// Defaults of DESIGN section 4 for `method`: budget 1024, sink 16, tokens per cluster,
+    /// window and window clusters derived from the budget, 20 k-means iterations, Quest
+    /// pages of 16, seed 0.
     pub fn new(method: Method) -> Self {
         Self {
             method,
             budget: 1024,
+            mass: None,
             sink: 16,
-            tokens_per_cluster: 80,
+            tokens_per_cluster: None,
+            init: Init::RandomRows,
             max_iters: 20,
             window: None,
             window_clusters: None,
@@ -157,21 +222,37 @@ impl SelectParams {
         /// The method.
         method: Method
     );
-    setter!(
-        /// Budget `B`: KV entries one head attends to per step, sink, tail and current included.
-        budget: usize
-    );
+    /// A fixed budget `B`: KV entries one head attends to per step, sink, tail and current
+    /// included ([`Budget::Tokens`]).
+    pub fn budget(self, budget: usize) -> Self {
+        self.budget_rule(Budget::Tokens(budget))
+    }
+
+    /// The budget rule: a fixed count or a mass target with a cap.
+    pub fn budget_rule(mut self, budget: Budget) -> Self {
+        self.budget = budget.max_tokens();
+        self.mass = budget.mass();
+        self
+    }
+
     setter!(
         /// Sink length `s`.
         sink: usize
     );
-    setter!(
-        /// Prompt tokens per cluster: `C0 = ceil((P - s) / tokens_per_cluster)`.
-        tokens_per_cluster: usize
-    );
+
+    /// Prompt tokens per cluster: `C0 = ceil((P - s) / tokens_per_cluster)`; default
+    /// [`default_tokens_per_cluster`] of the budget (of the cap, for a mass target).
+    pub fn tokens_per_cluster(mut self, tokens_per_cluster: usize) -> Self {
+        self.tokens_per_cluster = Some(tokens_per_cluster);
+        self
+    }
     setter!(
         /// k-means iterations at most.
         max_iters: usize
+    );
+    setter!(
+        /// How k-means picks its initial centroids (seeded random rows, or k-means++).
+        init: Init
     );
     setter!(
         /// The GQA policy.
@@ -220,8 +301,25 @@ impl SelectParams {
                 format!("more than the sink ({}): room for the current token", self.sink),
             ));
         }
-        if self.tokens_per_cluster == 0 {
+        let tokens_per_cluster = self.tokens_per_cluster.unwrap_or(default_tokens_per_cluster(self.budget));
+        if tokens_per_cluster == 0 {
             return Err(bad("tokens_per_cluster", 0, "at least 1".into()));
+        }
+        if let Some(p) = self.mass {
+            if !(p > 0.0 && p <= 1.0) {
+                return Err(SelectError::InvalidParam {
+                    name: "mass",
+                    value: p.to_string(),
+                    expected: "a share of the attention mass in (0, 1]".into(),
+                });
+            }
+            if !matches!(self.method, Method::ClusterKv | Method::Oracle | Method::Dense) {
+                return Err(SelectError::InvalidParam {
+                    name: "method",
+                    value: self.method.to_string(),
+                    expected: "clusterkv or oracle with a mass-targeted budget".into(),
+                });
+            }
         }
         if self.quest_page_size == 0 {
             return Err(bad("quest_page_size", 0, "at least 1".into()));
@@ -248,7 +346,7 @@ impl SelectParams {
                 ),
             ));
         }
-        Ok(ValidSelectParams { params: self, window, window_clusters })
+        Ok(ValidSelectParams { params: self, tokens_per_cluster, window, window_clusters })
     }
 }
 
@@ -256,6 +354,7 @@ impl SelectParams {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValidSelectParams {
     params: SelectParams,
+    tokens_per_cluster: usize,
     window: usize,
     window_clusters: usize,
 }
@@ -265,21 +364,36 @@ impl ValidSelectParams {
     pub fn method(&self) -> Method {
         self.params.method
     }
-    /// Budget `B`.
+    /// Budget `B`: the fixed count, or the cap of a mass target.
     pub fn budget(&self) -> usize {
         self.params.budget
+    }
+    /// The budget rule.
+    pub fn budget_rule(&self) -> Budget {
+        match self.params.mass {
+            None => Budget::Tokens(self.params.budget),
+            Some(p) => Budget::Mass { p, max: self.params.budget },
+        }
+    }
+    /// The mass target `p` of a mass-targeted budget.
+    pub fn mass(&self) -> Option<f32> {
+        self.params.mass
     }
     /// Sink length `s`.
     pub fn sink(&self) -> usize {
         self.params.sink
     }
-    /// Prompt tokens per cluster.
+    /// Prompt tokens per cluster (set, or derived from the budget).
     pub fn tokens_per_cluster(&self) -> usize {
-        self.params.tokens_per_cluster
+        self.tokens_per_cluster
     }
     /// k-means iterations at most.
     pub fn max_iters(&self) -> usize {
         self.params.max_iters
+    }
+    /// k-means initialisation.
+    pub fn init(&self) -> Init {
+        self.params.init
     }
     /// Tail length that triggers re-clustering.
     pub fn window(&self) -> usize {
@@ -327,6 +441,38 @@ mod tests {
         assert_eq!((small.window(), small.window_clusters()), (120, 2));
         let tiny = SelectParams::default().budget(20).validate().unwrap();
         assert_eq!((tiny.window(), tiny.window_clusters()), (2, 1));
+    }
+
+    #[test]
+    fn cluster_size_follows_the_budget() {
+        let tpc = |b: usize| SelectParams::default().budget(b).validate().unwrap().tokens_per_cluster();
+        assert_eq!(tpc(128), MIN_TOKENS_PER_CLUSTER);
+        assert_eq!(tpc(1024), 1024 / CLUSTERS_PER_BUDGET);
+        assert_eq!(tpc(1 << 20), MAX_TOKENS_PER_CLUSTER);
+        let set = SelectParams::default().budget(1024).tokens_per_cluster(5).validate().unwrap();
+        assert_eq!(set.tokens_per_cluster(), 5);
+        let mass = SelectParams::default().budget_rule(Budget::Mass { p: 0.9, max: 1024 });
+        assert_eq!(mass.validate().unwrap().tokens_per_cluster(), tpc(1024));
+    }
+
+    #[test]
+    fn mass_targets_are_checked() {
+        let mass =
+            |p: f32, m: Method| SelectParams::new(m).budget_rule(Budget::Mass { p, max: 512 }).validate();
+        let ok = mass(0.9, Method::ClusterKv).unwrap();
+        assert_eq!((ok.budget(), ok.mass()), (512, Some(0.9)));
+        assert_eq!(ok.budget_rule(), Budget::Mass { p: 0.9, max: 512 });
+        assert!(mass(1.0, Method::Oracle).is_ok());
+        for p in [0.0, -0.5, 1.5, f32::NAN] {
+            let err = mass(p, Method::ClusterKv).unwrap_err();
+            assert!(matches!(err, SelectError::InvalidParam { name: "mass", .. }), "{err}");
+        }
+        let err = mass(0.9, Method::Quest).unwrap_err();
+        assert!(err.to_string().contains("method = quest"), "{err}");
+        // A later fixed budget replaces the mass target.
+        let fixed = SelectParams::default().budget_rule(Budget::Mass { p: 0.9, max: 512 }).budget(256);
+        assert_eq!(fixed.validate().unwrap().budget_rule(), Budget::Tokens(256));
+        assert_eq!(Budget::Mass { p: 0.9, max: 512 }.to_string(), "p0.9<=512");
     }
 
     #[test]

@@ -28,8 +28,28 @@ pub struct StepCtx<'a, E> {
     pub keys: &'a [E],
     /// Head dimension.
     pub d: usize,
+    /// The softmax scale of the attention (`1 / sqrt(d)` by default): a mass-targeted
+    /// budget estimates probabilities with it.
+    pub scale: f32,
     /// The regions of this step.
     pub regions: Regions,
+}
+
+impl<'a, E> StepCtx<'a, E> {
+    /// The same step for query row `r` alone.
+    pub fn row(&self, r: usize) -> StepCtx<'a, E> {
+        StepCtx { queries: &self.queries[r * self.d..(r + 1) * self.d], n_queries: 1, ..*self }
+    }
+}
+
+/// What one selection must choose from the clustered region.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Goal {
+    /// Ids to choose: exactly this many without a mass target, at most this many with one.
+    pub count: usize,
+    /// The mass target `p` ([`Budget::Mass`](crate::Budget::Mass)): stop once the estimated
+    /// attention mass of sink, chosen, tail and current reaches `p` of the estimated total.
+    pub mass: Option<f32>,
 }
 
 /// A KV selection method for one (sequence, layer, KV head); it keeps its own state
@@ -41,9 +61,20 @@ pub trait Selector<E: Element>: Send + Sync {
     /// The clustered region grew by `tokens` (their keys are rows of `keys`, `[len, d]`).
     fn grow(&mut self, keys: &[E], d: usize, tokens: Range<u32>, growth: Growth) -> Result<(), SelectError>;
 
-    /// Appends exactly `count` distinct ids from `step.regions.clustered()` to `out`, in any
-    /// order; `count` is below the size of the clustered region.
-    fn choose(&mut self, step: &StepCtx<'_, E>, count: usize, out: &mut Vec<u32>);
+    /// Appends distinct ids from `step.regions.clustered()` to `out`, in any order, for the
+    /// `step.n_queries` rows together: exactly `goal.count` of them (below the size of the
+    /// region), or at most that many under a mass target (methods that take no mass target
+    /// are refused one when their parameters are validated).
+    fn choose(&mut self, step: &StepCtx<'_, E>, goal: Goal, out: &mut Vec<u32>);
+
+    /// Like [`choose`](Selector::choose) for each of the `step.n_queries` rows on its own:
+    /// row `r`'s ids are appended to `outs[r]`. Methods that can score every row in one pass
+    /// (ClusterKV reads its centroids once for the group) override it.
+    fn choose_each(&mut self, step: &StepCtx<'_, E>, goal: Goal, outs: &mut [Vec<u32>]) {
+        for (r, out) in outs.iter_mut().enumerate() {
+            self.choose(&step.row(r), goal, out);
+        }
+    }
 
     /// Attention probabilities that the tokens `ids` received (H2O accumulates them).
     fn observe(&mut self, ids: &[u32], probs: &[f32]) {
@@ -69,14 +100,13 @@ fn check_queries<E>(step: &StepCtx<'_, E>) -> Result<(), SelectError> {
     Ok(())
 }
 
-/// Fills `out` with the sorted ids one step attends to: sink, selected, tail, current;
-/// `min(B, t + 1)` of them (all `t + 1` for [`Method::Dense`]).
-pub fn select_step<E: Element>(
-    selector: &mut dyn Selector<E>,
+/// Checks a step's shapes and context and returns what its selections must choose, or
+/// `None` when every clustered token is taken (dense, or a fixed budget that covers them).
+fn plan<E: Element>(
+    selector: &dyn Selector<E>,
     params: &ValidSelectParams,
     step: &StepCtx<'_, E>,
-    out: &mut Vec<u32>,
-) -> Result<(), SelectError> {
+) -> Result<Option<Goal>, SelectError> {
     let (d, regions) = (step.d, step.regions);
     check_queries(step)?;
     if step.keys.len() < regions.context() * d {
@@ -91,30 +121,62 @@ pub fn select_step<E: Element>(
     {
         return Err(SelectError::ContextTooLong { context: regions.context(), max_context });
     }
-    let clustered = regions.clustered();
-    let count = match selector.method() {
-        Method::Dense => clustered.len(),
-        _ => regions.selected_count(params.budget()),
-    };
+    let clustered = regions.clustered().len();
+    if selector.method() == Method::Dense {
+        return Ok(None);
+    }
+    let goal = Goal { count: regions.selected_count(params.budget()), mass: params.mass() };
+    Ok((goal.count < clustered || goal.mass.is_some()).then_some(goal))
+}
+
+/// Starts a list with the sink's ids (and every clustered one when `plan` is `None`).
+fn open_list(regions: Regions, goal: Option<Goal>, out: &mut Vec<u32>) -> usize {
     out.clear();
     out.extend(regions.sink());
-    if count == clustered.len() {
-        out.extend(clustered);
-    } else {
-        let start = out.len();
-        selector.choose(step, count, out);
+    if goal.is_none() {
+        out.extend(regions.clustered());
+    }
+    out.len()
+}
+
+/// Sorts the chosen ids from `start` on, then appends the tail and the current token.
+fn close_list(regions: Regions, goal: Option<Goal>, start: usize, method: Method, out: &mut Vec<u32>) {
+    if let Some(goal) = goal {
         // Linear when the method already sorted them (ClusterKV and Quest do).
         out[start..].sort_unstable();
-        debug_assert_eq!(out.len() - start, count, "{} chose a wrong count", selector.method());
+        let chosen = out.len() - start;
+        debug_assert!(
+            chosen == goal.count || (goal.mass.is_some() && chosen <= goal.count),
+            "{method} chose {chosen} of {}",
+            goal.count
+        );
     }
     out.extend(regions.tail());
     out.push(regions.current());
+}
+
+/// Fills `out` with the sorted ids one step attends to: sink, selected, tail, current;
+/// `min(B, t + 1)` of them under a fixed budget (all `t + 1` for [`Method::Dense`]), at most
+/// that many under a mass target.
+pub fn select_step<E: Element>(
+    selector: &mut dyn Selector<E>,
+    params: &ValidSelectParams,
+    step: &StepCtx<'_, E>,
+    out: &mut Vec<u32>,
+) -> Result<(), SelectError> {
+    let goal = plan(selector, params, step)?;
+    let start = open_list(step.regions, goal, out);
+    if let Some(goal) = goal {
+        selector.choose(step, goal, out);
+    }
+    close_list(step.regions, goal, start, selector.method(), out);
     Ok(())
 }
 
 /// Selections of the query heads of one KV head's group (`queries` is `[group, d]`):
-/// `outs[i]` gets selection `i`, one per query head under [`GqaPolicy::PerQueryHead`],
-/// one for the whole group under [`GqaPolicy::PerKvHead`].
+/// `outs[i]` gets selection `i`, one per query head under [`GqaPolicy::PerQueryHead`]
+/// (every row scored in one pass where the method can), one for the whole group under
+/// [`GqaPolicy::PerKvHead`].
 pub fn select_group<E: Element>(
     selector: &mut dyn Selector<E>,
     params: &ValidSelectParams,
@@ -133,10 +195,16 @@ pub fn select_group<E: Element>(
     match params.gqa() {
         GqaPolicy::PerKvHead => select_step(selector, params, step, &mut outs[0]),
         GqaPolicy::PerQueryHead => {
-            for (h, out) in outs.iter_mut().enumerate() {
-                let one =
-                    StepCtx { queries: &step.queries[h * step.d..(h + 1) * step.d], n_queries: 1, ..*step };
-                select_step(selector, params, &one, out)?;
+            let goal = plan(selector, params, step)?;
+            let mut start = 0;
+            for out in outs.iter_mut() {
+                start = open_list(step.regions, goal, out);
+            }
+            if let Some(goal) = goal {
+                selector.choose_each(step, goal, outs);
+            }
+            for out in outs.iter_mut() {
+                close_list(step.regions, goal, start, selector.method(), out);
             }
             Ok(())
         }

@@ -7,8 +7,8 @@ use std::collections::HashSet;
 
 use ckv_cluster::dot;
 use ckv_select::{
-    GqaPolicy, Growth, Method, Regions, SelectError, SelectParams, Selector, StepCtx, ValidSelectParams,
-    new_selector, select_group, select_step,
+    Budget, GqaPolicy, Growth, Method, Regions, SelectError, SelectParams, Selector, StepCtx,
+    ValidSelectParams, new_selector, select_group, select_step,
 };
 use proptest::prelude::*;
 use rand::{RngExt, SeedableRng};
@@ -58,8 +58,12 @@ impl Scenario {
     }
 
     fn params(&self, method: Method, gqa: GqaPolicy) -> ValidSelectParams {
+        self.params_with(method, gqa, Budget::Tokens(self.budget))
+    }
+
+    fn params_with(&self, method: Method, gqa: GqaPolicy, budget: Budget) -> ValidSelectParams {
         SelectParams::new(method)
-            .budget(self.budget)
+            .budget_rule(budget)
             .sink(self.sink)
             .window(self.window)
             .window_clusters(self.window_clusters)
@@ -162,6 +166,35 @@ fn summed_query(queries: &[f32], d: usize, gqa: GqaPolicy, j: usize) -> Vec<f32>
     sum
 }
 
+/// Centroid `c` of `index` as a step scores it: rounded to f16.
+fn centroid_f16(index: &ckv_index::ClusterIndex, c: usize) -> Vec<f32> {
+    let d = index.d();
+    index.centroids_f16()[c * d..(c + 1) * d].iter().map(|x| x.to_f32()).collect()
+}
+
+/// Per query row (or the whole group under PerKvHead), the softmax shares (f64) that a
+/// selection's attended `ids` hold of the whole context `[0, t]`, averaged over the rows.
+fn exact_mass(
+    queries: &[f32],
+    keys: &[f32],
+    d: usize,
+    scale: f32,
+    rows: std::ops::Range<usize>,
+    ids: &[u32],
+    t: usize,
+) -> f64 {
+    let n = rows.len() as f64;
+    rows.map(|r| {
+        let q = &queries[r * d..(r + 1) * d];
+        let s: Vec<f64> = (0..=t).map(|i| f64::from(dot(q, &keys[i * d..(i + 1) * d]) * scale)).collect();
+        let top = s.iter().copied().fold(f64::MIN, f64::max);
+        let total: f64 = s.iter().map(|x| (x - top).exp()).sum();
+        ids.iter().map(|&i| (s[i as usize] - top).exp()).sum::<f64>() / total
+    })
+    .sum::<f64>()
+        / n
+}
+
 /// The ranking order: score descending, ties to the lower id.
 fn rank_cmp(a: (f32, usize), b: (f32, usize)) -> Ordering {
     b.0.total_cmp(&a.0).then(a.1.cmp(&b.1))
@@ -253,7 +286,7 @@ proptest! {
             for gqa in POLICIES {
                 let params = sc.params(method, gqa);
                 let mut selector = sc.selector(&params, &keys);
-                let step = StepCtx { queries: &queries, n_queries: sc.n_queries, keys: &keys, d: sc.d, regions };
+                let step = StepCtx { queries: &queries, n_queries: sc.n_queries, keys: &keys, d: sc.d, scale: 0.125, regions };
                 let outs = select_all(selector.as_mut(), &params, &step);
                 prop_assert_eq!(outs.len(), gqa.selections_per_group(sc.n_queries));
                 let expected = if method == Method::Dense { t + 1 } else { sc.budget.min(t + 1) };
@@ -283,7 +316,7 @@ proptest! {
         for gqa in POLICIES {
             let params = sc.params(Method::ClusterKv, gqa);
             let mut selector = sc.selector(&params, &keys);
-            let step = StepCtx { queries: &queries, n_queries: sc.n_queries, keys: &keys, d: sc.d, regions };
+            let step = StepCtx { queries: &queries, n_queries: sc.n_queries, keys: &keys, d: sc.d, scale: 0.125, regions };
             let outs = select_all(selector.as_mut(), &params, &step);
             let Some(index) = selector.index() else {
                 prop_assert!(regions.clustered().is_empty(), "no index over a non-empty clustered region");
@@ -295,7 +328,7 @@ proptest! {
                 let chosen: HashSet<u32> = clustered_part(ids, &regions).into_iter().collect();
                 prop_assert_eq!(chosen.len(), count);
                 let q = summed_query(&queries, sc.d, gqa, j);
-                let scores: Vec<f32> = (0..index.n_clusters()).map(|c| dot(&q, index.centroid(c))).collect();
+                let scores: Vec<f32> = (0..index.n_clusters()).map(|c| dot(&q, &centroid_f16(index, c))).collect();
                 let sizes: Vec<usize> = (0..index.n_clusters()).map(|c| index.members_of(c).len()).collect();
                 let taken: Vec<usize> = (0..index.n_clusters())
                     .map(|c| index.members_of(c).iter().filter(|m| chosen.contains(m)).count())
@@ -315,6 +348,79 @@ proptest! {
         }
     }
 
+    /// Under PerQueryHead every method, scoring the group's rows in one pass where it can,
+    /// selects for each row exactly what that row selects alone.
+    #[test]
+    fn one_pass_group_equals_each_row_alone(sc in scenario(2000)) {
+        let keys = sc.keys();
+        let queries = sc.queries();
+        let regions = sc.regions();
+        for method in Method::ALL {
+            let params = sc.params(method, GqaPolicy::PerQueryHead);
+            let mut selector = sc.selector(&params, &keys);
+            let step = StepCtx { queries: &queries, n_queries: sc.n_queries, keys: &keys, d: sc.d, scale: 0.125, regions };
+            let outs = select_all(selector.as_mut(), &params, &step);
+            for (r, ids) in outs.iter().enumerate() {
+                let mut alone = Vec::new();
+                select_step(selector.as_mut(), &params, &step.row(r), &mut alone).unwrap();
+                prop_assert_eq!(ids, &alone, "{} row {}", method, r);
+            }
+        }
+    }
+
+    /// A mass target takes a prefix of what the fixed budget at its cap takes, growing with
+    /// `p`; the oracle's top-p reaches `p` of the exact mass (unless capped) with no token to
+    /// spare.
+    #[test]
+    fn mass_targets_take_ranked_prefixes(sc in scenario(1500), p1 in 0.05f32..1.0, dp in 0.0f32..0.5) {
+        let keys = sc.keys();
+        let queries = sc.queries();
+        let regions = sc.regions();
+        let p2 = (p1 + dp).min(1.0);
+        let t = regions.current() as usize;
+        let scale = 1.0 / (sc.d as f32).sqrt();
+        for method in [Method::ClusterKv, Method::Oracle] {
+            for gqa in POLICIES {
+                let fixed = sc.params(method, gqa);
+                let step = StepCtx { queries: &queries, n_queries: sc.n_queries, keys: &keys, d: sc.d, scale, regions };
+                let full = select_all(sc.selector(&fixed, &keys).as_mut(), &fixed, &step);
+                let at = |p: f32| {
+                    let params = sc.params_with(method, gqa, Budget::Mass { p, max: sc.budget });
+                    select_all(sc.selector(&params, &keys).as_mut(), &params, &step)
+                };
+                let (low, high) = (at(p1), at(p2));
+                let cap = regions.selected_count(sc.budget);
+                for j in 0..full.len() {
+                    let (f, a, b) = (&full[j], &low[j], &high[j]);
+                    check_selection(b, &regions, b.len()).map_err(TestCaseError::fail)?;
+                    let part = |ids: &[u32]| clustered_part(ids, &regions).into_iter().collect::<HashSet<u32>>();
+                    let (f, a, b) = (part(f), part(a), part(b));
+                    prop_assert!(b.len() <= cap, "{} {}: {} chosen over the cap {}", method, gqa, b.len(), cap);
+                    prop_assert!(a.is_subset(&b), "{} {}: p {} not inside p {}", method, gqa, p1, p2);
+                    // A prefix of the fixed budget's ranked units, cut alike at the cap.
+                    prop_assert!(b.is_subset(&f), "{} {}: outside the fixed selection", method, gqa);
+                    if method == Method::Oracle {
+                        let rows = match gqa { GqaPolicy::PerQueryHead => j..j + 1, GqaPolicy::PerKvHead => 0..sc.n_queries };
+                        let ids = &high[j];
+                        let mass = exact_mass(&queries, &keys, sc.d, scale, rows.clone(), ids, t);
+                        prop_assert!(b.len() == cap || mass >= f64::from(p2) - 1e-3, "top-p mass {} below {}", mass, p2);
+                        // Without its lowest-ranked chosen token the set falls short.
+                        let q = summed_query(&queries, sc.d, gqa, j);
+                        if let Some(&last) = b.iter().min_by(|&&x, &&y| {
+                            let sx = dot(&q, &keys[x as usize * sc.d..(x as usize + 1) * sc.d]);
+                            let sy = dot(&q, &keys[y as usize * sc.d..(y as usize + 1) * sc.d]);
+                            sx.total_cmp(&sy).then(y.cmp(&x))
+                        }) {
+                            let fewer: Vec<u32> = ids.iter().copied().filter(|&i| i != last).collect();
+                            let short = exact_mass(&queries, &keys, sc.d, scale, rows, &fewer, t);
+                            prop_assert!(short < f64::from(p2) + 1e-3, "token {} was not needed: {} without it", last, short);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Criterion 3a: Oracle picks exactly the top `count` clustered tokens by exact `q · k`
     /// (ties to the lower id); StreamingLLM picks the most recent clustered tokens.
     #[test]
@@ -327,7 +433,7 @@ proptest! {
         for gqa in POLICIES {
             let params = sc.params(Method::Oracle, gqa);
             let mut selector = sc.selector(&params, &keys);
-            let step = StepCtx { queries: &queries, n_queries: sc.n_queries, keys: &keys, d: sc.d, regions };
+            let step = StepCtx { queries: &queries, n_queries: sc.n_queries, keys: &keys, d: sc.d, scale: 0.125, regions };
             for (j, ids) in select_all(selector.as_mut(), &params, &step).iter().enumerate() {
                 let q = summed_query(&queries, sc.d, gqa, j);
                 let mut ranked: Vec<(f32, usize)> = clustered
@@ -372,7 +478,7 @@ proptest! {
         for gqa in POLICIES {
             let params = sc.params(Method::Quest, gqa);
             let mut selector = sc.selector(&params, &keys);
-            let step = StepCtx { queries: &queries, n_queries: sc.n_queries, keys: &keys, d, regions };
+            let step = StepCtx { queries: &queries, n_queries: sc.n_queries, keys: &keys, d, scale: 0.125, regions };
             for (j, ids) in select_all(selector.as_mut(), &params, &step).iter().enumerate() {
                 let rows = match gqa {
                     GqaPolicy::PerQueryHead => &queries[j * d..(j + 1) * d],
@@ -447,7 +553,7 @@ fn h2o_never_recalls_an_evicted_token() {
         }
         let regions = Regions::new(s, c, t).unwrap();
         let q = uniform(d, u64::from(t));
-        let step = StepCtx { queries: &q, n_queries: 1, keys: &keys, d, regions };
+        let step = StepCtx { queries: &q, n_queries: 1, keys: &keys, d, scale: 0.125, regions };
         let mut out = Vec::new();
         select_step(selector.as_mut(), &params, &step, &mut out).unwrap();
         check_selection(&out, &regions, budget.min(t as usize + 1)).unwrap();
@@ -520,6 +626,7 @@ fn clusterkv_is_identical_across_thread_counts() {
                         n_queries: hq,
                         keys,
                         d,
+                        scale: 0.125,
                         regions: Regions::new(s, c, t).unwrap(),
                     };
                     let mut outs = vec![Vec::new(); params.gqa().selections_per_group(hq)];
@@ -556,30 +663,30 @@ fn bad_input_gets_typed_errors() {
 
     // A query of the wrong length.
     let q = [1.0f32; 4];
-    let step = StepCtx { queries: &q, n_queries: 1, keys: &keys, d, regions };
+    let step = StepCtx { queries: &q, n_queries: 1, keys: &keys, d, scale: 0.125, regions };
     assert_eq!(
         select_step(selector.as_mut(), &params, &step, &mut out),
         Err(SelectError::QueryShape { expected: 3, heads: 1, d: 3, given: 4 })
     );
-    let step = StepCtx { queries: &q[..3], n_queries: 2, keys: &keys, d, regions };
+    let step = StepCtx { queries: &q[..3], n_queries: 2, keys: &keys, d, scale: 0.125, regions };
     assert!(matches!(
         select_group(selector.as_mut(), &params, &step, &mut [Vec::new(), Vec::new()]),
         Err(SelectError::QueryShape { expected: 6, given: 3, .. })
     ));
-    let step = StepCtx { queries: &[], n_queries: 0, keys: &keys, d, regions };
+    let step = StepCtx { queries: &[], n_queries: 0, keys: &keys, d, scale: 0.125, regions };
     assert!(matches!(
         select_step(selector.as_mut(), &params, &step, &mut out),
         Err(SelectError::QueryShape { .. })
     ));
     // Wrong number of selection buffers for the policy.
-    let step = StepCtx { queries: &q[..3], n_queries: 1, keys: &keys, d, regions };
+    let step = StepCtx { queries: &q[..3], n_queries: 1, keys: &keys, d, scale: 0.125, regions };
     assert!(matches!(
         select_group(selector.as_mut(), &params, &step, &mut [Vec::new(), Vec::new()]),
         Err(SelectError::InvalidParam { name: "outs", .. })
     ));
 
     // Keys that do not reach the current token.
-    let step = StepCtx { queries: &q[..3], n_queries: 1, keys: &keys[..90 * d], d, regions };
+    let step = StepCtx { queries: &q[..3], n_queries: 1, keys: &keys[..90 * d], d, scale: 0.125, regions };
     assert_eq!(
         select_step(selector.as_mut(), &params, &step, &mut out),
         Err(SelectError::KeysShape { expected: 91, given: 90, current: 90 })
@@ -620,8 +727,14 @@ fn bad_input_gets_typed_errors() {
     let bounded = SelectParams::new(Method::ClusterKv).budget(64).sink(4).max_context(50).validate().unwrap();
     let mut selector = new_selector::<f32>(&bounded, 0);
     selector.grow(&keys, d, 4..40, Growth::Prompt).unwrap();
-    let ok =
-        StepCtx { queries: &q[..3], n_queries: 1, keys: &keys, d, regions: Regions::new(4, 40, 49).unwrap() };
+    let ok = StepCtx {
+        queries: &q[..3],
+        n_queries: 1,
+        keys: &keys,
+        d,
+        scale: 0.125,
+        regions: Regions::new(4, 40, 49).unwrap(),
+    };
     select_step(selector.as_mut(), &bounded, &ok, &mut out).unwrap();
     assert_eq!(out, (0..50).collect::<Vec<u32>>());
     let long = StepCtx { regions: Regions::new(4, 40, 50).unwrap(), ..ok };

@@ -3,7 +3,7 @@
 //! dense prefill per probe.
 
 use ckv_model::{Model, Tokenizer};
-use ckv_select::{GqaPolicy, Method, SelectParams};
+use ckv_select::{Budget, GqaPolicy, Method, SelectParams};
 use indicatif::ProgressBar;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -18,6 +18,9 @@ pub struct EvalConfig {
     pub contexts: Vec<usize>,
     /// Budgets.
     pub budgets: Vec<usize>,
+    /// Mass targets `p`: ClusterKV and the oracle (exact top-p) also run at each, capped
+    /// by each budget ([`Budget::Mass`]).
+    pub masses: Vec<f32>,
     /// Methods with their GQA policy; dense is always measured, as the reference.
     pub variants: Vec<Variant>,
     /// Tasks to run.
@@ -69,6 +72,7 @@ impl EvalConfig {
         Self {
             contexts: vec![1024],
             budgets: vec![128, 256],
+            masses: Vec::new(),
             variants: Variant::all(),
             tasks: Task::ALL.to_vec(),
             positions: 2,
@@ -107,15 +111,23 @@ pub fn evaluate(
 ) -> Result<Vec<EvalRecord>, SimError> {
     check(config)?;
     let dense = Variant { method: Method::Dense, gqa: GqaPolicy::PerQueryHead };
-    let mut settings = vec![Setting { variant: dense, budget: config.budgets[0] }];
+    let mut settings = vec![Setting::fixed(dense, config.budgets[0])];
     for &budget in &config.budgets {
         settings.extend(
             config
                 .variants
                 .iter()
                 .filter(|v| v.method != Method::Dense)
-                .map(|&variant| Setting { variant, budget }),
+                .map(|&variant| Setting::fixed(variant, budget)),
         );
+        for &p in &config.masses {
+            let takes_mass = |v: &&Variant| matches!(v.method, Method::ClusterKv | Method::Oracle);
+            settings.extend(config.variants.iter().filter(takes_mass).map(|&variant| Setting {
+                variant,
+                budget: Budget::Mass { p, max: budget },
+                select: None,
+            }));
+        }
     }
     let options = ProbeOptions {
         select: config.select.clone(),
@@ -343,15 +355,18 @@ fn context_records(
         for r in others {
             let scores = pick(r);
             let label = r.setting.variant.label();
-            records.push(record(
+            let mut rec = record(
                 task,
                 &label,
-                r.setting.budget,
+                r.setting.budget.max_tokens(),
                 context,
                 task_score(task, &scores),
                 (dense_score, dense_nll),
                 &scores,
-            ));
+            );
+            rec.mass = r.setting.budget.mass();
+            rec.attended = Some(r.attended);
+            records.push(rec);
         }
     }
     if config.tasks.contains(&Task::Fidelity) {
@@ -360,7 +375,9 @@ fn context_records(
             records.push(EvalRecord {
                 task: Task::Fidelity,
                 method: r.setting.variant.label(),
-                budget: r.setting.budget,
+                budget: r.setting.budget.max_tokens(),
+                mass: r.setting.budget.mass(),
+                attended: Some(r.attended),
                 context,
                 score: mass,
                 dense_score: 1.0,
@@ -388,6 +405,8 @@ fn record(
         task,
         method: method.to_owned(),
         budget,
+        mass: None,
+        attended: None,
         context,
         score,
         dense_score,

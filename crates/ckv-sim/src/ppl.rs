@@ -91,14 +91,14 @@ pub fn perplexity(
         })
         .collect();
     let variant = |method| Variant { method, gqa: GqaPolicy::PerQueryHead };
-    let mut settings = vec![Setting { variant: variant(Method::Dense), budget: config.budgets[0] }];
+    let mut settings = vec![Setting::fixed(variant(Method::Dense), config.budgets[0])];
     for &budget in &config.budgets {
         settings.extend(
             config
                 .methods
                 .iter()
                 .filter(|&&m| m != Method::Dense)
-                .map(|&m| Setting { variant: variant(m), budget }),
+                .map(|&m| Setting::fixed(variant(m), budget)),
         );
     }
     let options = ProbeOptions {
@@ -120,7 +120,7 @@ pub fn perplexity(
                 Method::Dense => dense,
                 _ => results
                     .iter()
-                    .find(|r| r.setting == Setting { variant: variant(method), budget })
+                    .find(|r| r.setting == Setting::fixed(variant(method), budget))
                     .map_or(dense, mean_nll),
             };
             records.push(PplRecord {

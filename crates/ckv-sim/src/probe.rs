@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use ckv_attn::{DecodeInput, LayerPipeline};
 use ckv_model::{Model, PromptSnapshot, Sequence, argmax, nll};
-use ckv_select::{GqaPolicy, Method, SelectParams};
+use ckv_select::{Budget, GqaPolicy, Method, SelectParams};
 use half::f16;
 use indicatif::ProgressBar;
 use rayon::prelude::*;
@@ -43,12 +43,22 @@ impl Probe {
 }
 
 /// A method at a budget.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Setting {
     /// The method and its GQA policy.
     pub variant: Variant,
-    /// The token budget.
-    pub budget: usize,
+    /// The budget: a token count, or a mass target with its cap.
+    pub budget: Budget,
+    /// Selection parameters this setting starts from instead of the probes' shared ones (a
+    /// point of a sweep); `None` keeps [`ProbeOptions::select`].
+    pub select: Option<SelectParams>,
+}
+
+impl Setting {
+    /// `variant` at a fixed budget of `budget` tokens, with the shared parameters.
+    pub fn fixed(variant: Variant, budget: usize) -> Self {
+        Self { variant, budget: Budget::Tokens(budget), select: None }
+    }
 }
 
 /// How probes run.
@@ -89,16 +99,21 @@ pub struct SettingResult {
     pub fidelity: Vec<LayerFidelity>,
     /// Samples per layer behind `fidelity`.
     pub fidelity_samples: usize,
+    /// Mean tokens one query head attended to per decode step, over the selecting layers
+    /// (sink, selected, tail and current token).
+    pub attended: f64,
 }
 
 /// Selection parameters of `setting` for probes of at most `max_context` tokens.
-fn select_params(options: &ProbeOptions, setting: Setting, max_context: usize) -> SelectParams {
-    options
+fn select_params(options: &ProbeOptions, setting: &Setting, max_context: usize) -> SelectParams {
+    setting
         .select
+        .as_ref()
+        .unwrap_or(&options.select)
         .clone()
         .method(setting.variant.method)
         .gqa(setting.variant.gqa)
-        .budget(setting.budget)
+        .budget_rule(setting.budget)
         .seed(options.seed)
         .max_context(max_context)
 }
@@ -129,15 +144,14 @@ pub fn run_probes(
         });
     }
     // Validate every setting before the long work.
-    for &setting in settings {
+    for setting in settings {
         model.runner(&select_params(options, setting, max_context), options.dense_layers)?;
     }
     let steps = probes.iter().map(Probe::steps).max().unwrap_or(0);
     progress.set_length((probes.len() + settings.len() * steps) as u64);
     progress.set_message("dense prefill");
     let dense_variant = Variant { method: Method::Dense, gqa: GqaPolicy::PerQueryHead };
-    let dense =
-        select_params(options, Setting { variant: dense_variant, budget: max_context.max(1) }, max_context);
+    let dense = select_params(options, &Setting::fixed(dense_variant, max_context.max(1)), max_context);
     let started = Instant::now();
     let mut prefill = model.runner(&dense, options.dense_layers)?;
     let snapshots = probes
@@ -158,14 +172,14 @@ pub fn run_probes(
     );
     settings
         .iter()
-        .map(|&setting| {
+        .map(|setting| {
             let started = Instant::now();
             progress.set_message(format!("{} B={}", setting.variant.label(), setting.budget));
             let result = run_setting(model, probes, &snapshots, setting, options, max_context, progress);
             let method = setting.variant.label();
             info!(
                 method,
-                budget = setting.budget,
+                budget = %setting.budget,
                 seconds = started.elapsed().as_secs_f64(),
                 "setting decoded"
             );
@@ -187,7 +201,7 @@ fn run_setting(
     model: &Model,
     probes: &[Probe],
     snapshots: &[PromptSnapshot],
-    setting: Setting,
+    setting: &Setting,
     options: &ProbeOptions,
     max_context: usize,
     progress: &ProgressBar,
@@ -198,6 +212,7 @@ fn run_setting(
     let mut scores = vec![ProbeScore::default(); probes.len()];
     let n_layers = model.config().n_layers;
     let mut sums = vec![FidelitySum::default(); n_layers];
+    let (mut attended, mut attended_n) = (0usize, 0usize);
     let steps = probes.iter().map(Probe::steps).max().unwrap_or(0);
     for step in 0..steps {
         let active: Vec<usize> = (0..probes.len()).filter(|&i| step < probes[i].steps()).collect();
@@ -214,6 +229,14 @@ fn run_setting(
             .map(|(i, seq)| (seq, probes[i].continuation[step]))
             .collect();
         let mut observer = |layer: usize, pipeline: &LayerPipeline<f16>, inputs: &[DecodeInput<'_>]| {
+            if layer >= options.dense_layers {
+                for input in inputs {
+                    for h in 0..pipeline.config().n_q_heads() {
+                        attended += pipeline.selection(input.seq, h).map_or(0, <[u32]>::len);
+                        attended_n += 1;
+                    }
+                }
+            }
             if layer >= options.dense_layers && measure.iter().any(|&m| m) {
                 let sum = layer_fidelity(pipeline, inputs, &measure);
                 let total = &mut sums[layer];
@@ -257,7 +280,8 @@ fn run_setting(
             }
         })
         .collect();
-    Ok(SettingResult { setting, scores, fidelity, fidelity_samples })
+    let attended = attended as f64 / attended_n.max(1) as f64;
+    Ok(SettingResult { setting: setting.clone(), scores, fidelity, fidelity_samples, attended })
 }
 
 /// Fidelity of one layer's step, summed over the query heads of the batch entries marked in

@@ -73,8 +73,14 @@ pub struct EvalRecord {
     pub task: Task,
     /// The method label (`dense`, `clusterkv`, `clusterkv/per-kv-head`, `quest`, ...).
     pub method: String,
-    /// The token budget (dense ignores it).
+    /// The token budget (dense ignores it); the cap of a mass target.
     pub budget: usize,
+    /// The mass target `p` of a mass-targeted run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mass: Option<f32>,
+    /// Mean tokens one query head attended to per decode step in the selecting layers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attended: Option<f64>,
     /// Prompt tokens prefilled densely before the scored decode.
     pub context: usize,
     /// The task's score (see [`Task`]).

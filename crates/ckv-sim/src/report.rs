@@ -524,6 +524,8 @@ mod tests {
             task,
             method: METHODS[m].to_owned(),
             budget,
+            mass: None,
+            attended: None,
             context,
             score,
             dense_score,

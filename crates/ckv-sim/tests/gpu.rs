@@ -79,19 +79,25 @@ fn attention_kernel_matches_the_cpu() {
     });
 }
 
+/// The GPU's selection against `rank_covering` + `take_units` on the CPU, for cluster counts
+/// on both sides of the shared-memory tile (4096): one run, and several runs merged.
 #[test]
 fn selection_kernel_matches_the_cpu_ranking() {
     let Some(gpu) = gpu() else { return };
     let config = ProptestConfig { cases: 48, ..ProptestConfig::default() };
     proptest!(config, |(
-        k in 1usize..4097,
-        d in prop::sample::select(vec![8usize, 64, 128, 130]),
+        k in prop_oneof![
+            Just(4096usize), Just(4097), Just(8192), Just(8193), 1usize..4097, 4097usize..20000
+        ],
+        d in prop::sample::select(vec![8usize, 64, 128, 130, 7]),
         rows in 1usize..5,
         selections in 1usize..5,
         seed in 0u64..1000,
-        share in 0.0f64..1.0,
+        share in prop_oneof![0.0f64..0.05, 0.0f64..1.0, Just(1.0)],
+        nans in any::<bool>(),
     )| {
-        // Small integers: every score is exact in f32 on both sides, so ties break alike.
+        // Small integers: every centroid is exact in f16 and every score exact in f32 on
+        // both sides, so ties break alike.
         let val = |i: usize, salt: u64| ((i as u64 * 2654435761 + salt * 97) % 7) as f32 - 3.0;
         let labels: Vec<u32> = (0..k * 3).map(|i| ((i as u64 * 40503 + seed) % k as u64) as u32).collect();
         let mut sizes = vec![0u32; k];
@@ -109,10 +115,19 @@ fn selection_kernel_matches_the_cpu_ranking() {
         };
         let mut index = ckv_index::ClusterIndex::new(d).unwrap();
         index.append(&clustering, 16).unwrap();
+        // Some centroids hold a NaN or an infinity: NaN scores (NaN, inf * 0)
+        // rank first, as the positive NaN does under total_cmp, among themselves by id.
+        let mut centroids = index.centroids_f16().to_vec();
+        if nans {
+            for c in (seed as usize % 5..k).step_by(5) {
+                let odd = [f16::NAN, f16::INFINITY, f16::NEG_INFINITY][c / 5 % 3];
+                centroids[c * d + (c * 31) % d] = odd;
+            }
+        }
         let queries: Vec<f32> = (0..selections * rows * d).map(|i| val(i, seed + 1)).collect();
         let count = ((index.n_tokens() as f64 * share) as usize).max(1);
         let parts = IndexParts {
-            centroids: index.centroids(),
+            centroids: &centroids,
             sizes: index.sizes(),
             offsets: index.offsets(),
             members: index.members(),
@@ -125,13 +140,16 @@ fn selection_kernel_matches_the_cpu_ranking() {
                     query[e] += queries[(s * rows + r) * d + e];
                 }
             }
-            let scores: Vec<f32> =
-                (0..k).map(|c| index.centroid(c).iter().zip(&query).map(|(a, b)| a * b).sum()).collect();
+            let scores: Vec<f32> = centroids
+                .chunks_exact(d)
+                .map(|c| c.iter().zip(&query).map(|(a, b)| a.to_f32() * b).sum::<f32>())
+                .map(|s| if s.is_nan() { f32::NAN } else { s })
+                .collect();
             let mut order = Vec::new();
             ckv_select::rank_covering(&scores, count, |c| index.members_of(c as usize).len(), &mut order);
             let mut want = Vec::new();
             ckv_select::take_units(&order, count, |c| index.members_of(c as usize).iter().copied(), &mut want);
-            prop_assert_eq!(got, &want, "selection {} of {} clusters", s, k);
+            prop_assert_eq!(got, &want, "selection {} of {} clusters, {} ids", s, k, count);
         }
     });
 }
@@ -228,13 +246,15 @@ fn appended_kv_is_the_f16_of_the_new_rows() {
     });
 }
 
+/// k-means of every head at once builds each head's index, below and beyond 4096 clusters;
+/// the index's f16 centroids are the f32 means rounded as `half` rounds.
 #[test]
 fn clustering_every_head_at_once_builds_its_index() {
     let Some(gpu) = gpu() else { return };
     let config = ProptestConfig { cases: 12, ..ProptestConfig::default() };
     proptest!(config, |(
         heads in 1usize..4,
-        k in 1usize..50,
+        k in prop_oneof![3 => 1usize..50, 1 => 4090usize..4300],
         extra in 0usize..300,
         first in 0usize..40,
         d in prop::sample::select(vec![64usize, 128]),
@@ -256,17 +276,19 @@ fn clustering_every_head_at_once_builds_its_index() {
         prop_assert_eq!(clustering.index.tokens(), n);
         for (h, head_keys) in keys.iter().enumerate() {
             let labels = gpu.download_labels(&clustering, h).unwrap();
+            let means = gpu.download_centroids(&clustering, h).unwrap();
             let (centroids, sizes, offsets, members) = gpu.download_index(&clustering.index, h).unwrap();
+            let rounded: Vec<u16> = means.iter().map(|&m| f16::from_f32(m).to_bits()).collect();
+            prop_assert_eq!(centroids.iter().map(|c| c.to_bits()).collect::<Vec<u16>>(), rounded);
             // The index is the counting sort of the labels: members are token ids, grouped by
             // cluster, ascending within each.
-            let mut want_sizes = vec![0u32; k];
-            for &l in &labels {
-                want_sizes[l as usize] += 1;
+            let mut want_members = vec![Vec::new(); k];
+            for (i, &l) in labels.iter().enumerate() {
+                want_members[l as usize].push((first + i) as u32);
             }
+            let want_sizes: Vec<u32> = want_members.iter().map(|m| m.len() as u32).collect();
             prop_assert_eq!(&sizes, &want_sizes);
-            for c in 0..k {
-                let want: Vec<u32> =
-                    (0..n).filter(|&i| labels[i] as usize == c).map(|i| (first + i) as u32).collect();
+            for (c, want) in want_members.iter().enumerate() {
                 let start = offsets[c] as usize;
                 prop_assert_eq!(&members[start..start + sizes[c] as usize], &want[..], "cluster {} of head {}", c, h);
                 // A non-empty centroid is the mean of its members' keys.
@@ -276,7 +298,7 @@ fn clustering_every_head_at_once_builds_its_index() {
                     }
                     let mean = want.iter().map(|&t| head_keys[t as usize * d + e].to_f32()).sum::<f32>()
                         / want.len() as f32;
-                    prop_assert!((centroids[c * d + e] - mean).abs() <= 1e-4 * (1.0 + mean.abs()));
+                    prop_assert!((means[c * d + e] - mean).abs() <= 1e-4 * (1.0 + mean.abs()));
                 }
             }
         }

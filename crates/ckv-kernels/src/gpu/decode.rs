@@ -5,7 +5,7 @@
 use cudarc::driver::{CudaSlice, PushKernelArg};
 use half::f16;
 
-use super::index::{MAX_CLUSTERS, MAX_D};
+use super::index::MAX_D;
 use super::{Gpu, driver, grid, int};
 use crate::{DeviceIndex, DeviceKv, KernelError};
 
@@ -14,6 +14,14 @@ const ATTENTION_THREADS: u32 = 128;
 
 /// Threads of a selection block, as in `select.cu`.
 const SELECT_THREADS: u32 = 1024;
+
+/// Clusters a selection block sorts in shared memory, and threads of a rank block, as in
+/// `select.cu`.
+const SELECT_TILE: usize = 4096;
+const RANK_THREADS: u32 = 256;
+
+/// Most blocks along a launch's y dimension.
+const MAX_GRID_Y: usize = 65535;
 
 /// Group sizes and head dimensions `attention.cu` instantiates.
 pub const ATTENTION_SHAPES: [(usize, usize); 9] =
@@ -106,8 +114,17 @@ pub(super) struct Selection {
     pub offset: usize,
 }
 
+/// Device buffers of the multi-pass ranking (indexes of more than `SELECT_TILE` clusters),
+/// grown on demand and reused, `[lists, clusters]` each.
+pub(super) struct RankScratch {
+    /// The sorted runs' keys, then the ranked sizes.
+    keys: CudaSlice<u64>,
+    /// Cluster ids in rank order.
+    order: CudaSlice<u32>,
+}
+
 /// Device buffers of decode steps, grown on demand and reused: the queries, the id lists,
-/// the chunks' partial results and the output.
+/// the ranking's scratch, the chunks' partial results and the output.
 pub struct DecodeScratch {
     pub(super) queries: CudaSlice<f32>,
     pub(super) ids: CudaSlice<u32>,
@@ -116,6 +133,7 @@ pub struct DecodeScratch {
     pub(super) slot_ids: CudaSlice<u32>,
     pub(super) read_slots: bool,
     pub(super) n_ids: CudaSlice<i32>,
+    pub(super) ranking: RankScratch,
     part_out: CudaSlice<f32>,
     part_max: CudaSlice<f32>,
     part_sum: CudaSlice<f32>,
@@ -151,6 +169,10 @@ impl Gpu {
             slot_ids: s.alloc_zeros(1).map_err(driver)?,
             read_slots: false,
             n_ids: s.alloc_zeros(1).map_err(driver)?,
+            ranking: RankScratch {
+                keys: s.alloc_zeros(1).map_err(driver)?,
+                order: s.alloc_zeros(1).map_err(driver)?,
+            },
             part_out: one()?,
             part_max: one()?,
             part_sum: one()?,
@@ -340,7 +362,7 @@ impl Gpu {
             }
             let rows = if step.per_kv_head { step.group } else { 1 };
             let selection = Selection { rows, lists, chosen, stride: scratch.attended, offset: sink };
-            self.launch_select(index, &scratch.queries, &selection, &mut scratch.ids)?;
+            self.launch_select(index, &scratch.queries, &selection, &mut scratch.ids, &mut scratch.ranking)?;
         }
         let f = self.function("kv", "step_ids")?;
         let fill = i32::from(!rank);
@@ -371,22 +393,27 @@ impl Gpu {
         Ok(())
     }
 
-    /// ClusterKV's selection kernel: list `i` sums its `rows` query rows, ranks the clusters
-    /// of KV head `i / (lists / heads)` and writes `chosen` ids, the last cluster cut, from
-    /// position `offset` of its `stride` ids in `ids`.
+    /// ClusterKV's selection: list `i` sums its `rows` query rows, ranks the clusters of KV
+    /// head `i / (lists / heads)` (any number) and writes `chosen` ids, the last cluster cut,
+    /// from position `offset` of its `stride` ids in `ids`. Up to `SELECT_TILE` clusters one
+    /// launch ranks and takes; more are sorted in runs of `SELECT_TILE`, ranked across the
+    /// runs and taken by two more launches, through `ranking`.
     pub(super) fn launch_select(
         &self,
         index: &DeviceIndex,
         queries: &CudaSlice<f32>,
         selection: &Selection,
         ids: &mut CudaSlice<u32>,
+        ranking: &mut RankScratch,
     ) -> Result<(), KernelError> {
         let Selection { rows, lists, chosen, stride, offset } = *selection;
         let (k, n, d, heads) = (index.clusters(), index.tokens(), index.d(), index.heads());
-        if k > MAX_CLUSTERS
-            || d > MAX_D
+        let runs = k.div_ceil(SELECT_TILE);
+        if d > MAX_D
             || chosen > n
             || !lists.is_multiple_of(heads)
+            || lists > MAX_GRID_Y
+            || runs > MAX_GRID_Y
             || offset + chosen > stride
             || queries.len() < lists * rows * d
             || ids.len() < lists * stride
@@ -395,20 +422,53 @@ impl Gpu {
                 "{lists} selections of {chosen} ids from {heads} heads of {k} clusters over {n} tokens"
             )));
         }
-        let f = self.function("select", "clusterkv_select")?;
+        if chosen == 0 {
+            return Ok(());
+        }
+        if runs > 1 {
+            at_least(self, &mut ranking.keys, lists * k)?;
+            at_least(self, &mut ranking.order, lists * k)?;
+        }
         let per_head = int("selections per head", lists / heads)?;
         let (rows_i, d_i, k_i, chosen_i) =
             (int("rows", rows)?, int("d", d)?, int("clusters", k)?, int("chosen", chosen)?);
         let (stride_i, offset_i) = (int("ids per list", stride)?, int("offset", offset)?);
         let (c_stride, m_stride, i_stride) = ((k * d) as i64, n as i64, k as i64);
-        let mut l = self.stream.launch_builder(&f);
+        let s = &self.stream;
+        let select = self.function("select", "clusterkv_select")?;
+        let mut l = s.launch_builder(&select);
         l.arg(queries).arg(&rows_i).arg(&d_i).arg(&index.centroids).arg(&c_stride).arg(&per_head);
         l.arg(&index.sizes).arg(&index.offsets).arg(&index.members).arg(&m_stride).arg(&i_stride);
+        l.arg(&k_i).arg(&chosen_i).arg(&mut *ids).arg(&stride_i).arg(&offset_i).arg(&mut ranking.keys);
+        // SAFETY: the arguments match `clusterkv_select` in order and type; block (list,
+        // run) of SELECT_THREADS threads sorts at most SELECT_TILE clusters in its shared
+        // arrays, and d <= 256 fits its shared query; the queries and every list's room from
+        // `offset` were checked above; an index's offsets and sizes stay inside its members
+        // (checked when it was uploaded, or built by k-means); with several runs the keys
+        // hold lists * k values (sized above), with one they are not read.
+        #[allow(unsafe_code)]
+        unsafe { l.launch(grid(lists, runs, SELECT_THREADS, 0)) }.map_err(driver)?;
+        if runs == 1 {
+            return Ok(());
+        }
+        let rank = self.function("select", "clusterkv_select_rank")?;
+        let mut l = s.launch_builder(&rank);
+        l.arg(&ranking.keys).arg(&k_i).arg(&mut ranking.order);
+        // SAFETY: the arguments match `clusterkv_select_rank`; a thread per cluster of each
+        // of the `lists` rows of k sorted keys (written by the launch above), each writing its
+        // rank, below k, in its row of `order` (lists * k values).
+        #[allow(unsafe_code)]
+        unsafe { l.launch(grid(k.div_ceil(RANK_THREADS as usize), lists, RANK_THREADS, 0)) }
+            .map_err(driver)?;
+        let take = self.function("select", "clusterkv_select_take")?;
+        let mut l = s.launch_builder(&take);
+        l.arg(&ranking.order).arg(&mut ranking.keys).arg(&per_head);
+        l.arg(&index.sizes).arg(&index.offsets).arg(&index.members).arg(&m_stride).arg(&i_stride);
         l.arg(&k_i).arg(&chosen_i).arg(ids).arg(&stride_i).arg(&offset_i);
-        // SAFETY: the arguments match `clusterkv_select` in order and type; one block per
-        // list; k <= 4096 and d <= 256 fit its shared arrays; the queries and every list's
-        // room from `offset` were checked above; an index's offsets and sizes stay inside
-        // its members (checked when it was uploaded, or built by k-means).
+        // SAFETY: the arguments match `clusterkv_select_take`; one block of SELECT_THREADS
+        // threads per list; `order` holds a permutation of the k clusters per list (the rank
+        // launch above), the keys' rows take the k ranked sizes (u32, half a row); the ids
+        // and the index as checked for the first launch.
         #[allow(unsafe_code)]
         unsafe { l.launch(grid(lists, 1, SELECT_THREADS, 0)) }.map_err(driver)?;
         Ok(())

@@ -59,7 +59,8 @@ impl Gpu {
 
     /// ClusterKV's selection for one KV head: each of the `queries.len() / (rows * d)`
     /// selections sums its `rows` query rows, ranks the clusters of `index` and takes
-    /// `count` ids, the last cluster cut. Returns each selection's ids in rank order.
+    /// `count` ids, the last cluster cut (any number of clusters; the index's centroids are
+    /// f16). Returns each selection's ids in rank order.
     pub fn select(
         &self,
         queries: &[f32],
@@ -80,13 +81,14 @@ impl Gpu {
         let stride = count.max(1);
         let mut ids = self.stream.alloc_zeros::<u32>(lists * stride).map_err(driver)?;
         let selection = Selection { rows, lists, chosen: count, stride, offset: 0 };
-        self.launch_select(&device_index, &queries, &selection, &mut ids)?;
+        let mut scratch = self.scratch()?;
+        self.launch_select(&device_index, &queries, &selection, &mut ids, &mut scratch.ranking)?;
         let flat = self.stream.clone_dtoh(&ids).map_err(driver)?;
         Ok(flat.chunks(stride).map(|c| c[..count].to_vec()).collect())
     }
 
     /// k-means of one head's keys (`[n, d]` f16) from the initial centroids `[k, d]`: see
-    /// [`Gpu::cluster`]. Returns `(labels, centroids, iterations)`.
+    /// [`Gpu::cluster`]. Returns `(labels, centroids, iterations)`, the centroids in f32.
     pub fn kmeans(
         &self,
         keys: &[f16],
@@ -102,7 +104,7 @@ impl Gpu {
         self.upload_kv(&mut kv, &[(keys, keys)])?;
         let clustering = self.cluster(&kv, 0..n, initial, max_iters)?;
         let labels = self.download_labels(&clustering, 0)?;
-        let (centroids, ..) = self.download_index(&clustering.index, 0)?;
+        let centroids = self.download_centroids(&clustering, 0)?;
         Ok((labels, centroids, clustering.iterations))
     }
 }

@@ -9,10 +9,6 @@ use half::f16;
 use super::{Gpu, driver, grid, int};
 use crate::{DeviceKv, KernelError};
 
-/// Most clusters one head's index may have: the selection kernel ranks up to this many in
-/// shared memory, and `kmeans_sizes` counts them there.
-pub(super) const MAX_CLUSTERS: usize = 4096;
-
 /// Largest head dimension of the selection kernel's shared query.
 pub(super) const MAX_D: usize = 256;
 
@@ -25,8 +21,9 @@ const COUNT_ROWS: usize = 1024;
 /// One head's cluster index in the CSR layout of `ckv_index::ClusterIndex`.
 #[derive(Debug, Clone, Copy)]
 pub struct IndexParts<'a> {
-    /// Centroids `[clusters, d]`.
-    pub centroids: &'a [f32],
+    /// Centroids `[clusters, d]` rounded to f16 (`ClusterIndex::centroids_f16`), what the
+    /// selection scores.
+    pub centroids: &'a [f16],
     /// Members per cluster `[clusters]`.
     pub sizes: &'a [u32],
     /// Where each cluster's members start (at least `clusters` values; a trailing total is
@@ -37,9 +34,10 @@ pub struct IndexParts<'a> {
 }
 
 /// The cluster index of every KV head of a sequence on the device; every head has the same
-/// number of clusters and of clustered tokens, as ClusterKV's clusterings give them.
+/// number of clusters (any number) and of clustered tokens, as ClusterKV's clusterings give
+/// them. Centroids are held in f16 (`[heads, clusters, d]`), as the selection reads them.
 pub struct DeviceIndex {
-    pub(super) centroids: CudaSlice<f32>,
+    pub(super) centroids: CudaSlice<f16>,
     pub(super) sizes: CudaSlice<u32>,
     pub(super) offsets: CudaSlice<u32>,
     pub(super) members: CudaSlice<u32>,
@@ -73,25 +71,28 @@ impl DeviceIndex {
 
 /// A k-means run on the GPU: the index it built and every token's label.
 pub struct DeviceClustering {
-    /// The index: centroids are the means of their members' keys.
+    /// The index: centroids are the means of their members' keys, rounded to f16.
     pub index: DeviceIndex,
     /// Labels `[heads, tokens]`.
     labels: CudaSlice<u32>,
+    /// The centroids in f32 `[heads, clusters, d]`, as k-means computed them.
+    centroids: CudaSlice<f32>,
     /// Update rounds run (the most of any head).
     pub iterations: usize,
 }
 
-/// Host copies of a device index and labels, per head.
-pub type IndexDownload = (Vec<f32>, Vec<u32>, Vec<u32>, Vec<u32>);
+/// Host copies of one head of a device index: f16 centroids, sizes, offsets, members.
+pub type IndexDownload = (Vec<f16>, Vec<u32>, Vec<u32>, Vec<u32>);
 
 impl Gpu {
-    /// Uploads the index of every head; they must agree in clusters, tokens and `d`.
+    /// Uploads the index of every head (any number of clusters); they must agree in
+    /// clusters, tokens and `d`.
     pub fn upload_index(&self, heads: &[IndexParts<'_>], d: usize) -> Result<DeviceIndex, KernelError> {
         let first = heads.first().ok_or_else(|| KernelError::Shape("an index of no heads".into()))?;
         let (clusters, tokens) = (first.sizes.len(), first.members.len());
-        if clusters == 0 || clusters > MAX_CLUSTERS || d == 0 || d > MAX_D {
+        if clusters == 0 || d == 0 || d > MAX_D {
             return Err(KernelError::Shape(format!(
-                "{clusters} clusters of dimension {d}: at most {MAX_CLUSTERS} of at most {MAX_D}"
+                "{clusters} clusters of dimension {d}: at least one, of dimension at most {MAX_D}"
             )));
         }
         for (h, p) in heads.iter().enumerate() {
@@ -118,7 +119,7 @@ impl Gpu {
         let flat = |part: &dyn Fn(&IndexParts<'_>) -> Vec<u32>| -> Vec<u32> {
             heads.iter().flat_map(part).collect()
         };
-        let centroids: Vec<f32> = heads.iter().flat_map(|p| p.centroids.iter().copied()).collect();
+        let centroids: Vec<f16> = heads.iter().flat_map(|p| p.centroids.iter().copied()).collect();
         // A device buffer is never empty: an index of no tokens keeps one unused member.
         let mut members = flat(&|p| p.members.to_vec());
         if members.is_empty() {
@@ -136,7 +137,7 @@ impl Gpu {
         })
     }
 
-    /// Host copies of head `head` of an index: centroids, sizes, offsets, members.
+    /// Host copies of head `head` of an index: f16 centroids, sizes, offsets, members.
     pub fn download_index(&self, index: &DeviceIndex, head: usize) -> Result<IndexDownload, KernelError> {
         if head >= index.heads {
             return Err(KernelError::Shape(format!("head {head} of {}", index.heads)));
@@ -149,6 +150,23 @@ impl Gpu {
             s.clone_dtoh(&index.offsets.slice(head * k..(head + 1) * k)).map_err(driver)?,
             s.clone_dtoh(&index.members.slice(head * n..(head + 1) * n)).map_err(driver)?,
         ))
+    }
+
+    /// The f32 centroids of head `head` of a clustering, `[clusters, d]`: the means k-means
+    /// computed, before the index's rounding to f16.
+    pub fn download_centroids(
+        &self,
+        clustering: &DeviceClustering,
+        head: usize,
+    ) -> Result<Vec<f32>, KernelError> {
+        let index = &clustering.index;
+        if head >= index.heads {
+            return Err(KernelError::Shape(format!("head {head} of {}", index.heads)));
+        }
+        let per_head = index.clusters * index.d;
+        self.stream
+            .clone_dtoh(&clustering.centroids.slice(head * per_head..(head + 1) * per_head))
+            .map_err(driver)
     }
 
     /// The labels of head `head` of a clustering.
@@ -171,7 +189,9 @@ impl Gpu {
     /// holds the starting centroids `[heads, k, d]`; `d` is at most 256. Members are token
     /// ids, ascending within each cluster. The cosines are tensor-core products of f16 unit
     /// vectors with f32 sums: a row whose two best centroids are within about 2e-3 of each
-    /// other may take either, where the CPU's f32 products pick one.
+    /// other may take either, where the CPU's f32 products pick one. Any number of clusters;
+    /// the index holds the final centroids rounded to f16 (nearest, ties to even, as
+    /// `half::f16::from_f32`), the clustering keeps them in f32 too.
     pub fn cluster(
         &self,
         kv: &DeviceKv,
@@ -181,13 +201,7 @@ impl Gpu {
     ) -> Result<DeviceClustering, KernelError> {
         let (heads, d, n) = (kv.heads(), kv.d(), tokens.len());
         let k = initial.len() / (heads * d);
-        if k == 0
-            || k > MAX_CLUSTERS
-            || d > MAX_D
-            || n < k
-            || initial.len() != heads * k * d
-            || tokens.end > kv.len()
-        {
+        if k == 0 || d > MAX_D || n < k || initial.len() != heads * k * d || tokens.end > kv.len() {
             return Err(KernelError::Shape(format!(
                 "tokens {tokens:?} of {} into {k} clusters ({} initial values) of dimension {d}, {heads} heads",
                 kv.len(),
@@ -225,9 +239,10 @@ impl Gpu {
         let keys = kv.keys.slice(tokens.start * d..);
         // SAFETY (every launch below): the arguments match the kernels of `kmeans.cu` in
         // order and type, for `heads` heads (blockIdx.y, or blockIdx.x for kmeans_scan) of
-        // n rows, k <= 4096 clusters of dimension d (padded to dp); the buffers have the
-        // sizes the kernels index; the assignment's dynamic shared memory is
-        // (64 + 32) * (dp + 8) halves, at most 48 KiB for d <= 256.
+        // n rows, k clusters of dimension d (padded to dp); the buffers have the sizes the
+        // kernels index (beyond 4096 clusters the count adds into `counts`, [heads, k,
+        // blocks], and the scatter advances it in place); the assignment's dynamic shared
+        // memory is (64 + 32) * (dp + 8) halves, at most 48 KiB for d <= 256.
         // The members of the current labels: counts per block, their scan, the scatter.
         let list = |labels: &CudaSlice<u32>,
                     counts: &mut CudaSlice<u32>,
@@ -243,7 +258,7 @@ impl Gpu {
                 l.arg(&mut *counts).arg(&n_i).arg(&k_i).arg(&blocks_i).arg(sizes).arg(offsets);
                 l.launch(grid(heads, 1, 1024, 0)).map_err(driver)?;
                 let mut l = s.launch_builder(&scatter);
-                l.arg(labels).arg(&n_i).arg(&k_i).arg(&*counts).arg(&first).arg(members);
+                l.arg(labels).arg(&n_i).arg(&k_i).arg(&mut *counts).arg(&first).arg(members);
                 l.launch(grid(blocks, heads, 32, 0)).map_err(driver)?;
             }
             Ok::<(), KernelError>(())
@@ -299,7 +314,19 @@ impl Gpu {
         if dirty {
             mean(&x, &sizes, &offsets, &members, &mut centroids, &mut cn)?;
         }
-        let index = DeviceIndex { centroids, sizes, offsets, members, heads, clusters: k, tokens: n, d };
-        Ok(DeviceClustering { index, labels, iterations })
+        // The f16 copy the selection reads.
+        let len = heads * k * d;
+        let mut rounded = s.alloc_zeros::<f16>(len).map_err(driver)?;
+        let to_f16 = self.function("kmeans", "kmeans_centroids_f16")?;
+        let len_i = len as i64;
+        let mut l = s.launch_builder(&to_f16);
+        l.arg(&centroids).arg(&len_i).arg(&mut rounded);
+        // SAFETY: the arguments match `kmeans_centroids_f16`; both buffers hold `len` values
+        // and the kernel's grid-stride loop stays below `len`.
+        #[allow(unsafe_code)]
+        unsafe { l.launch(grid(len.div_ceil(256).min(4096), 1, 256, 0)) }.map_err(driver)?;
+        let index =
+            DeviceIndex { centroids: rounded, sizes, offsets, members, heads, clusters: k, tokens: n, d };
+        Ok(DeviceClustering { index, labels, centroids, iterations })
     }
 }

@@ -2,29 +2,37 @@
 
 use std::ops::Range;
 
-use ckv_cluster::{ClusterParams, Element, kmeans, score_rows};
+use ckv_cluster::{ClusterParams, Element, Init, kmeans, score_rows};
 use ckv_index::ClusterIndex;
 
+use crate::mass::MassEstimate;
 use crate::rank::{rank_covering, sort_ids, take_units};
 use crate::selector::sum_queries;
-use crate::{Growth, Method, SelectError, Selector, StepCtx, ValidSelectParams, derive_seed};
+use crate::{Goal, Growth, Method, SelectError, Selector, StepCtx, ValidSelectParams, derive_seed};
 
 /// Clusters the prompt's keys (`ceil((P - s) / tokens_per_cluster)` clusters) and every full
 /// tail window (`window_clusters` clusters) into a [`ClusterIndex`]; at each step ranks the
-/// clusters by `q · centroid` (summed over the query rows), descending, ties to the lower
-/// id, and takes whole clusters until the count is reached, the last one cut.
+/// clusters by `q · centroid` (the f16 centroids, f32 sums; summed over the query rows that
+/// share the selection), descending, ties to the lower id, and takes whole clusters until
+/// the count is reached, the last one cut. Under a mass target it stops earlier, once the
+/// estimated mass (`size * exp(scale * q · centroid)` per cluster) reaches the target.
+/// [`choose_each`](Selector::choose_each) scores every query row of a group in one pass over
+/// the centroids.
 #[derive(Debug, Clone)]
 pub struct ClusterKvSelector {
     index: Option<ClusterIndex>,
     tokens_per_cluster: usize,
     window_clusters: usize,
     max_iters: usize,
+    init: Init,
     seed: u64,
     clusterings: u64,
     query: Vec<f32>,
     scores: Vec<f32>,
+    row_scores: Vec<f32>,
     order: Vec<u32>,
     bits: Vec<u64>,
+    mass: MassEstimate,
 }
 
 impl ClusterKvSelector {
@@ -35,13 +43,60 @@ impl ClusterKvSelector {
             tokens_per_cluster: params.tokens_per_cluster(),
             window_clusters: params.window_clusters(),
             max_iters: params.max_iters(),
+            init: params.init(),
             seed,
             clusterings: 0,
             query: Vec::new(),
             scores: Vec::new(),
+            row_scores: Vec::new(),
             order: Vec::new(),
             bits: Vec::new(),
+            mass: MassEstimate::default(),
         }
+    }
+}
+
+/// Scores of every centroid of `index` for the query rows `queries` (`[rows, d]`), into
+/// `scores` (`[rows, C]`), unscaled; one read of the centroids for all rows.
+fn score_centroids(index: &ClusterIndex, queries: &[f32], d: usize, scores: &mut Vec<f32>) {
+    let c = index.n_clusters();
+    scores.clear();
+    scores.resize(queries.len() / d * c, 0.0);
+    score_rows(queries, d, index.centroids_f16(), 0..c, 1.0, scores);
+}
+
+/// The buffers of one selection from ranked scores.
+struct Pick<'a> {
+    index: &'a ClusterIndex,
+    order: &'a mut Vec<u32>,
+    bits: &'a mut Vec<u64>,
+    mass: &'a mut MassEstimate,
+}
+
+impl Pick<'_> {
+    /// Ranks the clusters by `rank` and appends the members of the best to `out`; under a
+    /// mass target `row_scores` (`[step.n_queries, C]`) give the estimate.
+    fn take<E: Element>(
+        &mut self,
+        step: &StepCtx<'_, E>,
+        goal: Goal,
+        rank: &[f32],
+        row_scores: &[f32],
+        out: &mut Vec<u32>,
+    ) {
+        let index = self.index;
+        let size = |c: usize| index.members_of(c).len();
+        rank_covering(rank, goal.count, |c| size(c as usize), self.order);
+        let units = match goal.mass {
+            None => self.order.len(),
+            Some(p) => {
+                self.mass.estimate(step, row_scores, size);
+                self.mass.units_to_reach(self.order, p, step.n_queries)
+            }
+        };
+        let start = out.len();
+        take_units(&self.order[..units], goal.count, |c| index.members_of(c as usize).iter().copied(), out);
+        sort_ids(out, start, step.regions.clustered(), self.bits);
     }
 }
 
@@ -61,6 +116,7 @@ impl<E: Element> Selector<E> for ClusterKvSelector {
         };
         let params = ClusterParams::new(clusters)
             .max_iters(self.max_iters)
+            .init(self.init)
             .seed(derive_seed(self.seed, &[self.clusterings]))
             .validate()?;
         let clustering = kmeans(&params, &keys[tokens.start as usize * d..tokens.end as usize * d], d)?;
@@ -73,16 +129,32 @@ impl<E: Element> Selector<E> for ClusterKvSelector {
         Ok(())
     }
 
-    fn choose(&mut self, step: &StepCtx<'_, E>, count: usize, out: &mut Vec<u32>) {
-        let Some(index) = &self.index else { return };
-        sum_queries(step.queries, step.d, &mut self.query);
-        self.scores.clear();
-        self.scores.resize(index.n_clusters(), 0.0);
-        score_rows(&self.query, step.d, index.centroids(), 0..index.n_clusters(), 1.0, &mut self.scores);
-        rank_covering(&self.scores, count, |c| index.members_of(c as usize).len(), &mut self.order);
-        let start = out.len();
-        take_units(&self.order, count, |c| index.members_of(c as usize).iter().copied(), out);
-        sort_ids(out, start, step.regions.clustered(), &mut self.bits);
+    fn choose(&mut self, step: &StepCtx<'_, E>, goal: Goal, out: &mut Vec<u32>) {
+        let Self { index: Some(index), query, scores, row_scores, order, bits, mass, .. } = self else {
+            return;
+        };
+        // The group's rows summed, then one score per cluster (as the GPU kernel ranks).
+        sum_queries(step.queries, step.d, query);
+        score_centroids(index, query, step.d, scores);
+        let rows = match (goal.mass, step.n_queries) {
+            (Some(_), n) if n > 1 => {
+                score_centroids(index, step.queries, step.d, row_scores);
+                &row_scores[..]
+            }
+            _ => &scores[..],
+        };
+        Pick { index, order, bits, mass }.take(step, goal, scores, rows, out);
+    }
+
+    fn choose_each(&mut self, step: &StepCtx<'_, E>, goal: Goal, outs: &mut [Vec<u32>]) {
+        let Self { index: Some(index), row_scores, order, bits, mass, .. } = self else { return };
+        score_centroids(index, step.queries, step.d, row_scores);
+        let c = index.n_clusters();
+        let mut pick = Pick { index, order, bits, mass };
+        for (r, out) in outs.iter_mut().enumerate() {
+            let scores = &row_scores[r * c..(r + 1) * c];
+            pick.take(&step.row(r), goal, scores, scores, out);
+        }
     }
 
     fn index(&self) -> Option<&ClusterIndex> {
@@ -95,6 +167,7 @@ mod tests {
     use super::*;
     use crate::{Regions, SelectParams, select_step};
     use ckv_cluster::dot;
+    use half::f16;
 
     /// Far more than 256 clusters (the reference code's cap) rank and fill correctly.
     #[test]
@@ -119,13 +192,17 @@ mod tests {
             n_queries: 1,
             keys: &keys,
             d,
+            scale: 1.0,
             regions: Regions::new(16, 3016, 3016).unwrap(),
         };
         let mut ids = Vec::new();
         select_step(&mut selector, &params, &step, &mut ids).unwrap();
         // Reference: sort cluster ids by (score descending, id ascending), take whole
         // clusters, the last one cut to its first members.
-        let mut ranked: Vec<(f32, usize)> = (0..1000).map(|c| (dot(&q, index.centroid(c)), c)).collect();
+        let f16_centroid = |c: usize| -> Vec<f32> {
+            index.centroids_f16()[c * d..(c + 1) * d].iter().map(|x| f16::to_f32(*x)).collect()
+        };
+        let mut ranked: Vec<(f32, usize)> = (0..1000).map(|c| (dot(&q, &f16_centroid(c)), c)).collect();
         ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
         let count = 400 - 16 - 1;
         let mut want: Vec<u32> =

@@ -4,7 +4,7 @@ use std::ops::Range;
 
 use ckv_cluster::Element;
 
-use crate::{Growth, Method, SelectError, Selector, StepCtx};
+use crate::{Goal, Growth, Method, SelectError, Selector, StepCtx};
 
 /// Attends to every token; the budget does not apply.
 #[derive(Debug, Clone, Copy, Default)]
@@ -19,7 +19,8 @@ impl<E: Element> Selector<E> for DenseSelector {
         Ok(())
     }
 
-    fn choose(&mut self, step: &StepCtx<'_, E>, count: usize, out: &mut Vec<u32>) {
+    fn choose(&mut self, step: &StepCtx<'_, E>, goal: Goal, out: &mut Vec<u32>) {
+        let count = goal.count;
         out.extend(step.regions.clustered().take(count));
     }
 }

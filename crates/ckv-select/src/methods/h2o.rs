@@ -5,7 +5,7 @@ use std::ops::Range;
 use ckv_cluster::Element;
 
 use crate::rank::partition_top;
-use crate::{Growth, Method, SelectError, Selector, StepCtx};
+use crate::{Goal, Growth, Method, SelectError, Selector, StepCtx};
 
 /// Keeps the clustered tokens that received the most attention so far. A token dropped once
 /// is evicted for good: it is never attended to again, unlike in ClusterKV.
@@ -34,7 +34,8 @@ impl<E: Element> Selector<E> for H2oSelector {
         Ok(())
     }
 
-    fn choose(&mut self, _: &StepCtx<'_, E>, count: usize, out: &mut Vec<u32>) {
+    fn choose(&mut self, _: &StepCtx<'_, E>, goal: Goal, out: &mut Vec<u32>) {
+        let count = goal.count;
         let acc = &self.accumulated;
         partition_top(&mut self.kept, count, |id| acc.get(id as usize).copied().unwrap_or(0.0));
         self.kept.truncate(count);

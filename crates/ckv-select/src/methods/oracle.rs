@@ -2,19 +2,25 @@
 
 use std::ops::Range;
 
-use ckv_cluster::{Element, dot};
+use ckv_cluster::{Element, dot, score_rows};
 
-use crate::rank::partition_top;
+use crate::mass::MassEstimate;
+use crate::rank::{partition_top, rank_covering};
 use crate::selector::sum_queries;
-use crate::{Growth, Method, SelectError, Selector, StepCtx};
+use crate::{Goal, Growth, Method, SelectError, Selector, StepCtx};
 
 /// Takes the clustered tokens of highest exact score `q · k` (summed over the query rows);
-/// the upper bound of any selection by score.
+/// the upper bound of any selection by score. Under a mass target it is the exact top-p:
+/// tokens in score order until their attention mass, with the sink, tail and current
+/// token, reaches the target (the ceiling of any mass-targeted selection).
 #[derive(Debug, Clone, Default)]
 pub struct OracleSelector {
     query: Vec<f32>,
     scores: Vec<f32>,
+    row_scores: Vec<f32>,
     ids: Vec<u32>,
+    order: Vec<u32>,
+    mass: MassEstimate,
 }
 
 impl<E: Element> Selector<E> for OracleSelector {
@@ -26,13 +32,32 @@ impl<E: Element> Selector<E> for OracleSelector {
         Ok(())
     }
 
-    fn choose(&mut self, step: &StepCtx<'_, E>, count: usize, out: &mut Vec<u32>) {
+    fn choose(&mut self, step: &StepCtx<'_, E>, goal: Goal, out: &mut Vec<u32>) {
         let d = step.d;
         let region = step.regions.clustered();
         sum_queries(step.queries, d, &mut self.query);
         let keys = &step.keys[region.start as usize * d..region.end as usize * d];
         self.scores.clear();
         self.scores.extend(keys.chunks_exact(d).map(|k| dot(&self.query, k)));
+        let count = goal.count;
+        if let Some(p) = goal.mass {
+            // Exact top-p: every token's exact probability, tokens in score order.
+            self.row_scores.clear();
+            self.row_scores.resize(step.n_queries * region.len(), 0.0);
+            score_rows(
+                step.queries,
+                d,
+                step.keys,
+                region.clone().map(|i| i as usize),
+                1.0,
+                &mut self.row_scores,
+            );
+            self.mass.estimate(step, &self.row_scores, |_| 1);
+            rank_covering(&self.scores, count, |_| 1, &mut self.order);
+            let take = self.mass.units_to_reach(&self.order, p, step.n_queries).min(count);
+            out.extend(self.order[..take].iter().map(|&i| region.start + i));
+            return;
+        }
         self.ids.clear();
         self.ids.extend(region.clone());
         let scores = &self.scores;

@@ -5,7 +5,7 @@ use std::ops::Range;
 use ckv_cluster::Element;
 
 use crate::rank::{rank_covering, sort_ids, take_units};
-use crate::{Growth, Method, SelectError, Selector, StepCtx};
+use crate::{Goal, Growth, Method, SelectError, Selector, StepCtx};
 
 /// Splits the clustered region `[s, c)` into pages of `page_size` tokens, keeps the
 /// element-wise min and max key of each page, scores a page by
@@ -77,7 +77,8 @@ impl<E: Element> Selector<E> for QuestSelector {
         Ok(())
     }
 
-    fn choose(&mut self, step: &StepCtx<'_, E>, count: usize, out: &mut Vec<u32>) {
+    fn choose(&mut self, step: &StepCtx<'_, E>, goal: Goal, out: &mut Vec<u32>) {
+        let count = goal.count;
         let d = self.d;
         if d == 0 {
             // Nothing was paged yet: no clustered region to choose from.

@@ -4,7 +4,7 @@ use std::ops::Range;
 
 use ckv_cluster::Element;
 
-use crate::{Growth, Method, SelectError, Selector, StepCtx};
+use crate::{Goal, Growth, Method, SelectError, Selector, StepCtx};
 
 /// Takes the most recent clustered tokens, so that with the sink, tail and current token the
 /// step attends to the sink and the last `B - s` tokens.
@@ -20,7 +20,8 @@ impl<E: Element> Selector<E> for StreamingLlmSelector {
         Ok(())
     }
 
-    fn choose(&mut self, step: &StepCtx<'_, E>, count: usize, out: &mut Vec<u32>) {
+    fn choose(&mut self, step: &StepCtx<'_, E>, goal: Goal, out: &mut Vec<u32>) {
+        let count = goal.count;
         let end = step.regions.clustered().end;
         out.extend(end - count as u32..end);
     }

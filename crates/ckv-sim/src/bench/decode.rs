@@ -2,11 +2,11 @@
 //! sequence, every KV head in parallel; dense attention against ClusterKV (score centroids,
 //! rank, gather ids, attend) under each GQA policy and Quest, from a flushed cache.
 
-use ckv_attn::{Selected, attend_selected, dense_attention};
+use ckv_attn::{AttnScratch, Selected, attend_selected, dense_attention};
 use ckv_cache::HeadKv;
 use ckv_select::{
     ClusterKvSelector, GqaPolicy, Growth, Method, QuestSelector, Regions, SelectParams, Selector, StepCtx,
-    ValidSelectParams, derive_seed, select_group,
+    ValidSelectParams, default_tokens_per_cluster, derive_seed, select_group,
 };
 use half::f16;
 use rand::{RngExt, SeedableRng};
@@ -22,14 +22,16 @@ use crate::SimError;
 const TOPICS: usize = 512;
 
 /// One KV head of the synthetic layer: its KV (`context + 1` tokens: the clustered prompt
-/// and the current token) and both selectors, built once and shared by every budget.
+/// and the current token) and the selectors, built once: Quest's pages, and ClusterKV's
+/// index at each cluster size the budgets derive (`clusterkv[i]` for `sizes[i]`).
 struct Head {
     kv: HeadKv<f16>,
-    clusterkv: ClusterKvSelector,
+    clusterkv: Vec<ClusterKvSelector>,
     quest: QuestSelector,
     queries: Vec<f32>,
     selections: Vec<Vec<u32>>,
     probs: Vec<f32>,
+    scratch: AttnScratch,
     out: Vec<f32>,
 }
 
@@ -52,9 +54,18 @@ pub(super) fn synthetic_head(shape: &LayerShape, tokens: usize, seed: u64) -> (V
     (keys, values, queries)
 }
 
-/// Builds the heads of one context: KV, ClusterKV's index (k-means with
-/// `config.index_iters` iterations) and Quest's pages over `[s, context)`.
-fn build_heads(config: &BenchConfig, context: usize) -> Result<Vec<Head>, SimError> {
+/// The cluster sizes the defaults derive from `budgets`, ascending, each once.
+fn cluster_sizes(budgets: &[usize]) -> Vec<usize> {
+    let mut sizes: Vec<usize> = budgets.iter().map(|&b| default_tokens_per_cluster(b)).collect();
+    sizes.sort_unstable();
+    sizes.dedup();
+    sizes
+}
+
+/// Builds the heads of one context: KV, ClusterKV's index at each of `sizes` tokens per
+/// cluster (k-means with `config.index_iters` iterations) and Quest's pages over
+/// `[s, context)`.
+fn build_heads(config: &BenchConfig, context: usize, sizes: &[usize]) -> Result<Vec<Head>, SimError> {
     let shape = &config.shape;
     let d = shape.head_dim;
     let index_params = SelectParams::new(Method::ClusterKv).max_iters(config.index_iters).validate()?;
@@ -67,11 +78,21 @@ fn build_heads(config: &BenchConfig, context: usize) -> Result<Vec<Head>, SimErr
             let mut kv = HeadKv::with_capacity(d, context + 1)?;
             kv.extend(&keys, &values)?;
             drop((keys, values));
-            let mut clusterkv =
-                ClusterKvSelector::new(&index_params, derive_seed(config.seed, &[h as u64, 1]));
-            let mut quest = QuestSelector::new(index_params.quest_page_size());
             let prompt = sink..context as u32;
-            Selector::<f16>::grow(&mut clusterkv, kv.keys(), d, prompt.clone(), Growth::Prompt)?;
+            let clusterkv = sizes
+                .iter()
+                .map(|&size| {
+                    let params = SelectParams::new(Method::ClusterKv)
+                        .max_iters(config.index_iters)
+                        .tokens_per_cluster(size)
+                        .validate()?;
+                    let mut selector =
+                        ClusterKvSelector::new(&params, derive_seed(config.seed, &[h as u64, 1]));
+                    Selector::<f16>::grow(&mut selector, kv.keys(), d, prompt.clone(), Growth::Prompt)?;
+                    Ok(selector)
+                })
+                .collect::<Result<Vec<_>, SimError>>()?;
+            let mut quest = QuestSelector::new(index_params.quest_page_size());
             Selector::<f16>::grow(&mut quest, kv.keys(), d, prompt, Growth::Prompt)?;
             let g = shape.group();
             Ok(Head {
@@ -81,6 +102,7 @@ fn build_heads(config: &BenchConfig, context: usize) -> Result<Vec<Head>, SimErr
                 queries,
                 selections: Vec::new(),
                 probs: Vec::with_capacity(g * (context + 1)),
+                scratch: AttnScratch::default(),
                 out: vec![0.0; g * d],
             })
         })
@@ -107,11 +129,12 @@ impl Sparse {
     }
 }
 
-/// One step of one head: select, then attend. Returns the bytes the step read: the KV rows
-/// of every id list (a list shared by the group once) and the selector's summaries
-/// (centroids or page bounds).
+/// One step of one head: select, then attend (ClusterKV with its index `size`). Returns the
+/// bytes the step read: the KV rows attended (a row the group shares once) and the
+/// selector's summaries (centroids or page bounds).
 fn sparse_step(
     head: &mut Head,
+    size: usize,
     sparse: Sparse,
     params: &ValidSelectParams,
     shape: &LayerShape,
@@ -119,12 +142,21 @@ fn sparse_step(
     let (d, g) = (shape.head_dim, shape.group());
     let context = head.kv.len();
     let regions = Regions::new(params.sink() as u32, (context - 1) as u32, (context - 1) as u32)?;
-    let step = StepCtx { queries: &head.queries, n_queries: g, keys: head.kv.keys(), d, regions };
+    let step = StepCtx {
+        queries: &head.queries,
+        n_queries: g,
+        keys: head.kv.keys(),
+        d,
+        scale: shape.scale(),
+        regions,
+    };
     head.selections.resize_with(params.gqa().selections_per_group(g), Vec::new);
     let (selector, summary_bytes): (&mut dyn Selector<f16>, usize) = match sparse.method {
         Method::ClusterKv => {
-            let clusters = Selector::<f16>::index(&head.clusterkv).map_or(0, |i| i.n_clusters());
-            (&mut head.clusterkv, clusters * d * 4)
+            let clusterkv = &mut head.clusterkv[size];
+            let clusters = Selector::<f16>::index(clusterkv).map_or(0, |i| i.n_clusters());
+            // The f16 centroids, read once for the group under either policy.
+            (clusterkv, clusters * d * 2)
         }
         _ => ((&mut head.quest), (context - 1).div_ceil(params.quest_page_size()) * 2 * d * 4),
     };
@@ -138,15 +170,11 @@ fn sparse_step(
         values,
         selected,
         shape.scale(),
-        &mut head.probs,
+        &mut head.scratch,
         &mut head.out,
         |_, _| {},
     );
-    let rows: usize = match selected.shared() {
-        Some(ids) => ids.len(),
-        None => head.selections.iter().map(Vec::len).sum(),
-    };
-    Ok(rows * 2 * d * 2 + summary_bytes)
+    Ok(head.scratch.rows_read() * 2 * d * 2 + summary_bytes)
 }
 
 /// The sweep at one context: dense once, then every (method, budget).
@@ -158,7 +186,8 @@ fn sweep_context(
 ) -> Result<Vec<BenchRecord>, SimError> {
     let shape = &config.shape;
     let started = std::time::Instant::now();
-    let mut heads = build_heads(config, context)?;
+    let sizes = cluster_sizes(&config.budgets);
+    let mut heads = build_heads(config, context, &sizes)?;
     info!(context, seconds = started.elapsed().as_secs_f64(), "decode sweep: layer built");
     let d = shape.head_dim;
     let flush = || {
@@ -193,9 +222,10 @@ fn sweep_context(
     for &budget in &config.budgets {
         for sparse in Sparse::ALL {
             let params = SelectParams::new(sparse.method).budget(budget).gqa(sparse.gqa).validate()?;
+            let size = sizes.binary_search(&params.tokens_per_cluster()).unwrap_or(0);
             let mut bytes = Ok(0);
             let seconds = median_time(config.reps, flush, || {
-                bytes = heads.par_iter_mut().map(|h| sparse_step(h, sparse, &params, shape)).sum();
+                bytes = heads.par_iter_mut().map(|h| sparse_step(h, size, sparse, &params, shape)).sum();
             });
             records.push(record(sparse.label(), Some(budget), seconds, bytes?));
         }

@@ -105,7 +105,7 @@ impl BenchConfig {
             budgets: vec![512, 1024, 2048],
             reps: 15,
             flush: true,
-            index_iters: 5,
+            index_iters: 2,
             prefill_context: 32768,
             prefill_reps: 1,
             cluster_reps: 3,
