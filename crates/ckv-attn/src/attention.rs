@@ -323,6 +323,8 @@ mod tests {
                     if seed % 2 == 0 {
                         ids.extend(0..(total as u32).min(10));
                     }
+                    // The current token, as every step's list holds it.
+                    ids.push(total as u32 - 1);
                     ids.sort_unstable();
                     ids.dedup();
                     ids

@@ -51,8 +51,8 @@ struct DeviceSeq {
 
 impl GpuState {
     /// The device side for `config`, refusing what the kernels do not cover: methods other
-    /// than dense and ClusterKV, f32 KV, and group sizes or head dimensions not
-    /// instantiated.
+    /// than dense and ClusterKV, a mass-targeted budget, f32 KV, and group sizes or head
+    /// dimensions not instantiated.
     pub(crate) fn new<E: Element>(gpu: Arc<Gpu>, config: &ValidPipelineConfig) -> Result<Self, AttnError> {
         let (g, d, method) = (config.group(), config.head_dim(), config.select().method());
         let bad =
@@ -62,6 +62,13 @@ impl GpuState {
         }
         if !matches!(method, Method::Dense | Method::ClusterKv) {
             return bad("method", method.to_string(), "dense or clusterkv on the GPU backend".into());
+        }
+        if let (Some(p), Method::ClusterKv) = (config.select().mass(), method) {
+            return bad(
+                "budget",
+                config.select().budget_rule().to_string(),
+                format!("a token count on the GPU backend (mass target {p} is CPU only)"),
+            );
         }
         if !matches!(E::row_data(&[]), RowData::F16(_)) {
             return bad("KV element", "f32".into(), "f16 on the GPU backend".into());

@@ -13,7 +13,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ckv_attn::{DecodeInput, LayerPipeline, PipelineConfig, PrefillInput};
-use ckv_select::{GqaPolicy, Method, SelectParams};
+use ckv_select::{Budget, GqaPolicy, Method, SelectParams};
 use half::f16;
 
 struct Counting;
@@ -59,12 +59,17 @@ fn steady_state_decode_steps_do_not_allocate() {
 
 fn decode_loops() {
     let (hq, hkv, d, prompt, steps) = (8, 2, 32, 700, 40);
-    for method in Method::ALL {
+    let mass = Budget::Mass { p: 0.9, max: 256 };
+    let runs = Method::ALL
+        .map(|m| (m, Budget::Tokens(256)))
+        .into_iter()
+        .chain([(Method::ClusterKv, mass), (Method::Oracle, mass)]);
+    for (method, budget) in runs {
         for gqa in [GqaPolicy::PerQueryHead, GqaPolicy::PerKvHead] {
             // The window (100) is longer than the measured steps: no re-clustering, which
             // allocates its clustering by design.
             let select = SelectParams::new(method)
-                .budget(256)
+                .budget_rule(budget)
                 .window(100)
                 .gqa(gqa)
                 .max_context(prompt + 2 * steps + 1);
@@ -100,7 +105,10 @@ fn decode_loops() {
                 step(i, &mut layer, &mut out);
             }
             let allocations = ALLOCATIONS.load(Ordering::SeqCst) - before;
-            assert_eq!(allocations, 0, "{method}/{gqa}: {allocations} allocations in {steps} decode steps");
+            assert_eq!(
+                allocations, 0,
+                "{method}/{gqa} at {budget}: {allocations} allocations in {steps} decode steps"
+            );
             assert!(out.iter().all(|x| x.is_finite()));
         }
     }

@@ -2,16 +2,24 @@
 //! (clusters, or tokens for the oracle) are estimated to hold, and how many of them reach a
 //! target share.
 
+use std::ops::Range;
+
 use ckv_cluster::{Element, score_rows};
 
 use crate::StepCtx;
+
+/// Fixed tokens scored at a time: the estimate's buffers keep one size however long the
+/// tail grows, so a warm step allocates nothing.
+const CHUNK: usize = 64;
 
 /// One selection's estimate, each query row's mass normalised to its own total so that
 /// rows sharing a selection weigh alike. Its buffers are reused from step to step.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct MassEstimate {
-    fixed_ids: Vec<u32>,
-    fixed_scores: Vec<f32>,
+    chunk: Vec<f32>,
+    /// Per row: the running maximum and the sum of `exp(score - max)` over the fixed tokens.
+    fixed_max: Vec<f32>,
+    fixed_sum: Vec<f32>,
     row_mass: Vec<f32>,
     /// Each unit's estimated share of the mass, summed over the rows.
     weights: Vec<f32>,
@@ -30,30 +38,51 @@ impl MassEstimate {
         scores: &[f32],
         size: impl Fn(usize) -> usize,
     ) {
-        let (d, rows, regions) = (step.d, step.n_queries, step.regions);
+        let (rows, regions) = (step.n_queries, step.regions);
         let n = scores.len() / rows.max(1);
-        self.fixed_ids.clear();
-        self.fixed_ids.extend(regions.sink().chain(regions.tail()));
-        self.fixed_ids.push(regions.current());
-        let f = self.fixed_ids.len();
-        self.fixed_scores.clear();
-        self.fixed_scores.resize(rows * f, 0.0);
-        let ids = self.fixed_ids.iter().map(|&i| i as usize);
-        score_rows(step.queries, d, step.keys, ids, step.scale, &mut self.fixed_scores);
+        self.fixed_max.clear();
+        self.fixed_max.resize(rows, f32::NEG_INFINITY);
+        self.fixed_sum.clear();
+        self.fixed_sum.resize(rows, 0.0);
+        let sink = regions.sink();
+        // The tail and the current token are contiguous: [c, t].
+        let recent = regions.tail().start..regions.current() + 1;
+        for range in [sink, recent] {
+            self.add_fixed(step, range.start as usize..range.end as usize);
+        }
         self.weights.clear();
         self.weights.resize(n, 0.0);
         self.fixed = 0.0;
-        for (row, fixed) in scores.chunks_exact(n.max(1)).zip(self.fixed_scores.chunks_exact(f)) {
-            let top =
-                row.iter().map(|&s| s * step.scale).chain(fixed.iter().copied()).fold(f32::MIN, f32::max);
+        for ((row, &fixed_max), &fixed_sum) in
+            scores.chunks_exact(n.max(1)).zip(&self.fixed_max).zip(&self.fixed_sum)
+        {
+            let top = row.iter().map(|&s| s * step.scale).fold(fixed_max, f32::max);
             self.row_mass.clear();
             self.row_mass
                 .extend(row.iter().enumerate().map(|(u, &s)| size(u) as f32 * (s * step.scale - top).exp()));
-            let fixed_mass: f32 = fixed.iter().map(|&s| (s - top).exp()).sum();
+            let fixed_mass = fixed_sum * (fixed_max - top).exp();
             let total = fixed_mass + self.row_mass.iter().sum::<f32>();
             self.fixed += fixed_mass / total;
             for (w, m) in self.weights.iter_mut().zip(&self.row_mass) {
                 *w += m / total;
+            }
+        }
+    }
+
+    /// Adds the exact scores of the tokens `ids` to every row's running maximum and sum.
+    fn add_fixed<E: Element>(&mut self, step: &StepCtx<'_, E>, ids: Range<usize>) {
+        let rows = step.n_queries;
+        for start in ids.clone().step_by(CHUNK) {
+            let part = start..(start + CHUNK).min(ids.end);
+            self.chunk.clear();
+            self.chunk.resize(rows * part.len(), 0.0);
+            score_rows(step.queries, step.d, step.keys, part.clone(), step.scale, &mut self.chunk);
+            let rows_iter =
+                self.chunk.chunks_exact(part.len()).zip(self.fixed_max.iter_mut().zip(&mut self.fixed_sum));
+            for (scores, (max, sum)) in rows_iter {
+                let top = scores.iter().copied().fold(*max, f32::max);
+                *sum = *sum * (*max - top).exp() + scores.iter().map(|&s| (s - top).exp()).sum::<f32>();
+                *max = top;
             }
         }
     }

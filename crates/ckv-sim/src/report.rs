@@ -187,14 +187,16 @@ fn opt_cell(v: Option<f64>) -> String {
 
 /// `eval.csv` (one row per record) and `fidelity_layers.csv` (one row per fidelity layer).
 fn csv(report: &EvalReport) -> (String, String) {
-    let mut rows = String::from("task,method,budget,context,score,dense_score,n,nll,dense_nll\n");
+    let mut rows =
+        String::from("task,method,budget,context,score,dense_score,n,nll,dense_nll,mass,attended\n");
     let mut layers = String::from("method,budget,context,layer,topk_recall,mass_recall,output_rel_error\n");
     for r in &report.records {
         let method = csv_field(&r.method);
         let (nll, dense_nll) = (opt_cell(r.nll), opt_cell(r.dense_nll));
+        let (mass, attended) = (opt_cell(r.mass.map(f64::from)), opt_cell(r.attended));
         let _ = writeln!(
             rows,
-            "{},{method},{},{},{},{},{},{nll},{dense_nll}",
+            "{},{method},{},{},{},{},{},{nll},{dense_nll},{mass},{attended}",
             r.task.name(),
             r.budget,
             r.context,
@@ -261,13 +263,26 @@ fn score_table(out: &mut String, task: Task, context: usize, records: &[&EvalRec
     for method in methods(records) {
         let cells = budgets.iter().map(|&b| match find(records, method, b) {
             Some(r) if task == Task::Ppl && method != DENSE => {
-                format!("{} ({:+.2}%)", fmt_score(task, r.score), (r.score / r.dense_score - 1.0) * 100.0)
+                let gap = format!(
+                    "{} ({:+.2}%)",
+                    fmt_score(task, r.score),
+                    (r.score / r.dense_score - 1.0) * 100.0
+                );
+                with_attended(gap, r)
             }
-            Some(r) => fmt_score(task, r.score),
+            Some(r) => with_attended(fmt_score(task, r.score), r),
             None if method == DENSE => fmt_score(task, dense),
             None => "–".to_owned(),
         });
         let _ = writeln!(out, "| {method} | {} |", cells.collect::<Vec<_>>().join(" | "));
+    }
+}
+
+/// A cell of a mass-targeted run, with the mean tokens it attended (its budget is a cap).
+fn with_attended(cell: String, r: &EvalRecord) -> String {
+    match (r.mass, r.attended) {
+        (Some(_), Some(tokens)) => format!("{cell} [{tokens:.0} tok]"),
+        _ => cell,
     }
 }
 
@@ -390,13 +405,17 @@ fn series(
 fn budget_panel(report: &EvalReport, task: Task, context: usize, methods: &[&str]) -> Panel {
     let records = group(report, task, context);
     let x_ticks = budgets(&records).into_iter().filter(|&b| b > 0).map(|b| (b as f64).log2()).collect();
-    let point = |r: &EvalRecord| (r.budget > 0).then(|| ((r.budget as f64).log2(), r.score));
+    // A mass-targeted run stands at the tokens it attended, beside the fixed budgets.
+    let point = |r: &EvalRecord| {
+        let tokens = r.mass.and(r.attended).unwrap_or(r.budget as f64);
+        (tokens > 0.0).then(|| (tokens.log2(), r.score))
+    };
     let series = series(&records, methods, |r| point(r).into_iter().collect());
     let dense = dense_figure(&records);
     let values = series.iter().flat_map(|s| s.points.iter().map(|p| p.1)).chain([dense]);
     Panel {
         caption: format!("context {context}"),
-        desc: ("token budget", score_name(task)),
+        desc: ("tokens attended (fixed budget, or a mass target's mean)", score_name(task)),
         x_ticks,
         x_label: |x| x.exp2().round().to_string(),
         y_range: y_range(task, values),
@@ -591,7 +610,9 @@ mod tests {
 
         let csv = read("eval.csv");
         assert_eq!(csv.lines().count(), 1 + report.records.len());
-        assert!(csv.starts_with("task,method,budget,context,score,dense_score,n,nll,dense_nll\n"));
+        assert!(
+            csv.starts_with("task,method,budget,context,score,dense_score,n,nll,dense_nll,mass,attended\n")
+        );
         let fidelity = report.records.iter().filter(|r| r.task == Task::Fidelity).count();
         assert_eq!(read("fidelity_layers.csv").lines().count(), 1 + 3 * fidelity);
 
@@ -622,6 +643,17 @@ mod tests {
         assert_eq!(csv_field("clusterkv/per-kv-head"), "clusterkv/per-kv-head");
         assert_eq!(csv_field("a,b"), "\"a,b\"");
         assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+    }
+
+    #[test]
+    fn mass_runs_show_their_attended_tokens() {
+        let mut r = record(Task::Ppl, 1, 512, 4096);
+        assert_eq!(with_attended("x".into(), &r), "x");
+        (r.mass, r.attended) = (Some(0.9), Some(301.6));
+        assert_eq!(with_attended("x".into(), &r), "x [302 tok]");
+        let mut table = String::new();
+        score_table(&mut table, Task::Ppl, 4096, &[&r]);
+        assert!(table.contains("[302 tok]"), "{table}");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use ckv_attn::{
     Backend, DecodeInput, LayerPipeline, OffloadParams, PipelineConfig, PrefillInput, sparse_attention,
 };
 use ckv_kernels::{Gpu, IndexParts, KernelError};
-use ckv_select::{GqaPolicy, Method, SelectParams};
+use ckv_select::{Budget, GqaPolicy, Method, SelectParams};
 use ckv_sim::{Trace, TraceConfig};
 use half::f16;
 use proptest::prelude::*;
@@ -403,8 +403,12 @@ fn gpu_backend_refuses_what_its_kernels_do_not_cover() {
     let err = LayerPipeline::<f32>::with_backend(f32_kv, Backend::Cuda(gpu.clone())).err().unwrap();
     assert!(err.to_string().contains("f16"), "{err}");
     let odd = PipelineConfig::new(5, 1, 96, SelectParams::new(Method::ClusterKv)).validate().unwrap();
-    let err = LayerPipeline::<f16>::with_backend(odd, Backend::Cuda(gpu)).err().unwrap();
+    let err = LayerPipeline::<f16>::with_backend(odd, Backend::Cuda(gpu.clone())).err().unwrap();
     assert!(err.to_string().contains("5 x 96"), "{err}");
+    let mass = SelectParams::new(Method::ClusterKv).budget_rule(Budget::Mass { p: 0.9, max: 512 });
+    let mass = PipelineConfig::new(8, 2, 128, mass).validate().unwrap();
+    let err = LayerPipeline::<f16>::with_backend(mass, Backend::Cuda(gpu)).err().unwrap();
+    assert!(err.to_string().contains("p0.9<=512"), "{err}");
 }
 
 /// Offload on the GPU: host KV in pinned memory, the device tier swapped by `tier.cu`.
