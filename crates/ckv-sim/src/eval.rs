@@ -95,9 +95,11 @@ impl EvalConfig {
 const PASSKEY_INTRO: &str = "There is a pass key hidden inside this text. Find it and remember it.\n";
 
 /// The probes of one context and the task of each.
-struct ProbeSet {
-    probes: Vec<Probe>,
-    tasks: Vec<Task>,
+pub(crate) struct ProbeSet {
+    /// The probes, perplexity windows first, then copy and passkey prompts.
+    pub(crate) probes: Vec<Probe>,
+    /// The task of each probe.
+    pub(crate) tasks: Vec<Task>,
 }
 
 /// Runs the evaluation on `tokens` (the tokenized text); one [`EvalRecord`] per (task,
@@ -177,8 +179,9 @@ fn check(config: &EvalConfig) -> Result<(), SimError> {
     Ok(())
 }
 
-/// Every probe of one context: perplexity windows, copy and passkey prompts.
-fn probe_set(
+/// Every probe of one context: perplexity windows, copy and passkey prompts (of the tasks
+/// in `config.tasks`).
+pub(crate) fn probe_set(
     tokenizer: &Tokenizer,
     tokens: &[u32],
     config: &EvalConfig,
@@ -354,7 +357,7 @@ fn context_records(
         }
         for r in others {
             let scores = pick(r);
-            let label = r.setting.variant.label();
+            let label = setting_label(&r.setting);
             let mut rec = record(
                 task,
                 &label,
@@ -374,7 +377,7 @@ fn context_records(
             let mass = r.fidelity.iter().map(|l| l.mass_recall).sum::<f64>() / r.fidelity.len() as f64;
             records.push(EvalRecord {
                 task: Task::Fidelity,
-                method: r.setting.variant.label(),
+                method: setting_label(&r.setting),
                 budget: r.setting.budget.max_tokens(),
                 mass: r.setting.budget.mass(),
                 attended: Some(r.attended),
@@ -389,6 +392,15 @@ fn context_records(
         }
     }
     records
+}
+
+/// A setting's method label: the variant's, with `@p<p>` for a mass target (so that tables
+/// and plots keep it apart from the fixed budget it is capped by).
+fn setting_label(setting: &Setting) -> String {
+    match setting.budget.mass() {
+        Some(p) => format!("{}@p{p}", setting.variant.label()),
+        None => setting.variant.label(),
+    }
 }
 
 fn record(
@@ -420,7 +432,7 @@ fn record(
 /// The score and mean NLL per token of a task over its probes: perplexity for `ppl`, the
 /// share of passage tokens the greedy continuation reproduces for `copy`, the share of keys
 /// reproduced whole for `passkey`.
-fn task_score(task: Task, scores: &[ProbeScore]) -> (f64, f64) {
+pub(crate) fn task_score(task: Task, scores: &[ProbeScore]) -> (f64, f64) {
     let tokens: usize = scores.iter().map(|s| s.tokens).sum();
     let nll = scores.iter().map(|s| s.nll_sum).sum::<f64>() / tokens.max(1) as f64;
     let score = match task {

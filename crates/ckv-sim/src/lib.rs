@@ -11,7 +11,9 @@
 //! (perplexity, copy and passkey retrieval, attention fidelity per layer) through
 //! [`run_probes`]: each [`Probe`]'s prompt is prefilled densely once, snapshotted and
 //! restored into every (method, budget) [`Setting`]; [`write_reports`] writes the
-//! [`EvalReport`] as JSON, CSV, Markdown and SVG plots.
+//! [`EvalReport`] as JSON, CSV, Markdown and SVG plots. [`run_sweep`] is the settings sweep
+//! from which ClusterKV's defaults are chosen: accuracy gap against decode-step time for a
+//! grid of [`SelectParams`](ckv_select::SelectParams), the [`pareto_front`] marked.
 //!
 //! ```
 //! use ckv_select::SelectParams;
@@ -43,10 +45,11 @@ mod probe;
 mod record;
 mod report;
 mod sim;
+mod sweep;
 mod trace;
 
 pub use bench::{
-    BenchConfig, BenchRecord, BenchReport, Flusher, LayerShape, bench_tables, copy_bandwidth,
+    BenchConfig, BenchRecord, BenchReport, Flusher, LayerShape, StepTimer, bench_tables, copy_bandwidth,
     last_level_cache_bytes, run_bench,
 };
 #[cfg(feature = "cuda")]
@@ -60,4 +63,8 @@ pub use probe::{Probe, ProbeOptions, ProbeScore, Setting, SettingResult, run_pro
 pub use record::{EvalRecord, EvalReport, LayerFidelity, RunMeta, Task};
 pub use report::{score_tables, write_reports};
 pub use sim::{SimConfig, Variant, VariantReport, simulate, table};
+pub use sweep::{
+    PointParams, SWEEP_TASKS, SweepConfig, SweepPoint, SweepRecord, SweepReport, SweepRun, SweepSettings,
+    SweepSummary, pareto_front, run_sweep, sweep_tables, write_sweep,
+};
 pub use trace::{Trace, TraceConfig};

@@ -66,6 +66,19 @@ fn cluster_sizes(budgets: &[usize]) -> Vec<usize> {
 /// cluster (k-means with `config.index_iters` iterations) and Quest's pages over
 /// `[s, context)`.
 fn build_heads(config: &BenchConfig, context: usize, sizes: &[usize]) -> Result<Vec<Head>, SimError> {
+    let sink = SelectParams::new(Method::ClusterKv).validate()?.sink();
+    let indexes: Vec<(usize, usize)> = sizes.iter().map(|&size| (size, sink)).collect();
+    build_indexed_heads(config, context, &indexes)
+}
+
+/// Builds the heads of one context with ClusterKV's index at each `(tokens per cluster,
+/// sink)` of `indexes` (`clusterkv[i]` for `indexes[i]`, each over `[sink, context)`), and
+/// Quest's pages over `[s, context)` at the default sink.
+fn build_indexed_heads(
+    config: &BenchConfig,
+    context: usize,
+    indexes: &[(usize, usize)],
+) -> Result<Vec<Head>, SimError> {
     let shape = &config.shape;
     let d = shape.head_dim;
     let index_params = SelectParams::new(Method::ClusterKv).max_iters(config.index_iters).validate()?;
@@ -79,16 +92,18 @@ fn build_heads(config: &BenchConfig, context: usize, sizes: &[usize]) -> Result<
             kv.extend(&keys, &values)?;
             drop((keys, values));
             let prompt = sink..context as u32;
-            let clusterkv = sizes
+            let clusterkv = indexes
                 .iter()
-                .map(|&size| {
+                .map(|&(size, index_sink)| {
                     let params = SelectParams::new(Method::ClusterKv)
                         .max_iters(config.index_iters)
                         .tokens_per_cluster(size)
+                        .sink(index_sink)
                         .validate()?;
                     let mut selector =
                         ClusterKvSelector::new(&params, derive_seed(config.seed, &[h as u64, 1]));
-                    Selector::<f16>::grow(&mut selector, kv.keys(), d, prompt.clone(), Growth::Prompt)?;
+                    let clustered = index_sink as u32..context as u32;
+                    Selector::<f16>::grow(&mut selector, kv.keys(), d, clustered, Growth::Prompt)?;
                     Ok(selector)
                 })
                 .collect::<Result<Vec<_>, SimError>>()?;
@@ -244,4 +259,126 @@ pub fn decode_sweep(
         records.extend(sweep_context(config, context, flusher, bandwidth)?);
     }
     Ok(records)
+}
+
+/// One attention layer at one context, built once, whose decode step is timed for any
+/// selection parameters: the synthetic KV of [`decode_sweep`] (one sequence, every KV head
+/// in parallel) with ClusterKV's index at each (tokens per cluster, sink) given, and
+/// Quest's pages. Used by the settings sweep (`clusterkv sweep`) to time each point.
+pub struct StepTimer {
+    config: BenchConfig,
+    context: usize,
+    indexes: Vec<(usize, usize)>,
+    heads: Vec<Head>,
+}
+
+impl StepTimer {
+    /// Builds the layer at `context` tokens with the shape, seed, k-means iterations of the
+    /// index (`index_iters`), reps and flushing of `config`, and one ClusterKV index per
+    /// distinct `(tokens per cluster, sink)` of `indexes`.
+    pub fn new(config: &BenchConfig, context: usize, indexes: &[(usize, usize)]) -> Result<Self, SimError> {
+        let mut indexes = indexes.to_vec();
+        indexes.sort_unstable();
+        indexes.dedup();
+        if context < 2 {
+            return Err(SimError::InvalidConfig {
+                name: "step_context",
+                value: context.to_string(),
+                expected: "at least 2 tokens",
+            });
+        }
+        if let Some(&(size, sink)) = indexes.iter().find(|&&(size, sink)| size == 0 || sink >= context) {
+            return Err(SimError::InvalidConfig {
+                name: "index",
+                value: format!("{size} tokens per cluster, sink {sink}"),
+                expected: "at least 1 token per cluster and a sink below the context",
+            });
+        }
+        let started = std::time::Instant::now();
+        let heads = build_indexed_heads(config, context, &indexes)?;
+        info!(
+            context,
+            indexes = indexes.len(),
+            seconds = started.elapsed().as_secs_f64(),
+            "step timer built"
+        );
+        Ok(Self { config: config.clone(), context, indexes, heads })
+    }
+
+    /// The context of the layer.
+    pub fn context(&self) -> usize {
+        self.context
+    }
+
+    /// Median time (seconds) of a dense decode step over `config.reps` runs, each from a
+    /// flushed cache (when `config.flush`).
+    pub fn dense(&mut self, flusher: &Flusher) -> f64 {
+        let (shape, flush) = (self.config.shape, self.config.flush);
+        let d = shape.head_dim;
+        let heads = &mut self.heads;
+        median_time(
+            self.config.reps,
+            || {
+                if flush {
+                    std::hint::black_box(flusher.flush());
+                }
+            },
+            || {
+                heads.par_iter_mut().for_each(|h| {
+                    dense_attention(
+                        &h.queries,
+                        d,
+                        h.kv.keys(),
+                        h.kv.values(),
+                        shape.scale(),
+                        &mut h.probs,
+                        &mut h.out,
+                    )
+                })
+            },
+        )
+    }
+
+    /// Median time (seconds) of one sparse decode step (select, then attend) under `params`
+    /// over `config.reps` runs, each from a flushed cache: ClusterKV with the index of its
+    /// tokens per cluster and sink (which must be among those the timer was built with),
+    /// under its GQA policy and budget (a mass target selects by estimated mass, as the
+    /// pipeline does), or Quest. Other methods are refused.
+    pub fn sparse(&mut self, params: &ValidSelectParams, flusher: &Flusher) -> Result<f64, SimError> {
+        let sparse = Sparse { method: params.method(), gqa: params.gqa() };
+        let size = match sparse.method {
+            Method::ClusterKv => {
+                let key = (params.tokens_per_cluster(), params.sink());
+                self.indexes.binary_search(&key).map_err(|_| SimError::InvalidConfig {
+                    name: "tokens_per_cluster/sink",
+                    value: format!("{key:?}"),
+                    expected: "an index the step timer was built with",
+                })?
+            }
+            Method::Quest => 0,
+            other => {
+                return Err(SimError::InvalidConfig {
+                    name: "method",
+                    value: other.to_string(),
+                    expected: "clusterkv or quest for a timed step",
+                });
+            }
+        };
+        let (shape, flush) = (self.config.shape, self.config.flush);
+        let heads = &mut self.heads;
+        let mut result = Ok(0);
+        let seconds = median_time(
+            self.config.reps,
+            || {
+                if flush {
+                    std::hint::black_box(flusher.flush());
+                }
+            },
+            || {
+                result = heads.par_iter_mut().map(|h| sparse_step(h, size, sparse, params, &shape)).sum();
+            },
+        );
+        result?;
+        Ok(seconds)
+    }
 }

@@ -25,6 +25,7 @@ use tracing::info;
 
 use crate::SimError;
 
+pub use decode::StepTimer;
 #[cfg(feature = "cuda")]
 pub use gpu::{GpuBenchConfig, GpuBenchReport, gpu_bench_tables, run_gpu_bench};
 pub use memory::{Flusher, copy_bandwidth, last_level_cache_bytes};

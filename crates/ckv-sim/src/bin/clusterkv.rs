@@ -6,10 +6,11 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use ckv_model::{GgufFile, Model, Tokenizer, argmax};
-use ckv_select::{Method, SelectParams};
+use ckv_select::{GqaPolicy, Init, Method, SelectParams};
 use ckv_sim::{
-    BenchConfig, EvalConfig, EvalReport, PplConfig, RunMeta, SimConfig, Task, Trace, TraceConfig, Variant,
-    bench_tables, evaluate, perplexity, ppl_table, run_bench, score_tables, simulate, table, write_reports,
+    BenchConfig, EvalConfig, EvalReport, PplConfig, RunMeta, SimConfig, SweepConfig, SweepReport, Task,
+    Trace, TraceConfig, Variant, bench_tables, evaluate, perplexity, ppl_table, run_bench, run_sweep,
+    score_tables, simulate, sweep_tables, table, write_reports, write_sweep,
 };
 use clap::{Parser, Subcommand, ValueEnum};
 use half::f16;
@@ -59,6 +60,79 @@ enum Command {
     /// rate and the bytes fetched per step for each reuse window, against fetching the whole
     /// selection every step.
     CacheSim(CacheSimArgs),
+    /// The settings sweep from which ClusterKV's defaults are chosen: a grid of ClusterKV
+    /// settings varied one factor at a time around the defaults, on the perplexity and copy
+    /// tasks at each context and budget, each point's decode step timed at 32k (8B layer
+    /// shape) beside dense; writes sweep.json, sweep.md and sweep.svg (accuracy gap against
+    /// step time, the Pareto front marked).
+    Sweep(SweepArgs),
+}
+
+#[derive(clap::Args)]
+struct SweepArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// Text file.
+    #[arg(long, default_value = DEFAULT_TEXT)]
+    text: PathBuf,
+    /// Quick mode (a test): context 1024, budget fraction 8, tokens per cluster 16 and 80
+    /// beside the default, no other factor, 3 reps, step context 8192. Explicit flags still
+    /// win.
+    #[arg(long)]
+    quick: bool,
+    /// Contexts, comma separated (default 2048,4096,8192).
+    #[arg(long, value_delimiter = ',')]
+    contexts: Option<Vec<usize>>,
+    /// Budget fractions f, comma separated: B = context / f (default 32,16,8).
+    #[arg(long, value_delimiter = ',')]
+    budget_fractions: Option<Vec<usize>>,
+    /// Explicit tokens per cluster, comma separated, beside the derived default (default
+    /// 8,16,32,80).
+    #[arg(long, value_delimiter = ',')]
+    tokens_per_cluster: Option<Vec<usize>>,
+    /// Explicit tail windows, comma separated (default 64,128).
+    #[arg(long, value_delimiter = ',')]
+    windows: Option<Vec<usize>>,
+    /// Explicit clusters per tail window, comma separated (default 1,2,4,8).
+    #[arg(long, value_delimiter = ',')]
+    window_clusters: Option<Vec<usize>>,
+    /// Sink lengths, comma separated (default 4,16,64).
+    #[arg(long, value_delimiter = ',')]
+    sinks: Option<Vec<usize>>,
+    /// k-means initialisations, comma separated: random, kmeans++ (default both).
+    #[arg(long, value_delimiter = ',')]
+    inits: Option<Vec<Init>>,
+    /// k-means iteration caps, comma separated (default 5,10,20).
+    #[arg(long, value_delimiter = ',')]
+    iters: Option<Vec<usize>>,
+    /// GQA policies, comma separated: per-query-head, per-kv-head (default both).
+    #[arg(long, value_delimiter = ',')]
+    gqa: Option<Vec<GqaPolicy>>,
+    /// Mass targets p in (0, 1], comma separated: ClusterKV and the exact top-p oracle,
+    /// capped by each budget (default 0.9,0.95,0.98).
+    #[arg(long, value_delimiter = ',')]
+    masses: Option<Vec<f32>>,
+    /// Perplexity positions per context (default 2).
+    #[arg(long)]
+    positions: Option<usize>,
+    /// Teacher-forced tokens scored per perplexity position (default 64).
+    #[arg(long)]
+    decode: Option<usize>,
+    /// Tokens of a copied passage (its first 8 are the cue; default 64).
+    #[arg(long)]
+    passage_len: Option<usize>,
+    /// Context of the timed decode step (default 32768; 8192 quick).
+    #[arg(long)]
+    step_context: Option<usize>,
+    /// Timed steps per point, the median kept (default 9; 3 quick).
+    #[arg(long)]
+    reps: Option<usize>,
+    /// Seed of the clustering and of the synthetic timed layer.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Folder of the reports.
+    #[arg(long, default_value = "reports/sweep")]
+    out: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -239,7 +313,7 @@ struct EvalArgs {
     /// Sink tokens s (default 16).
     #[arg(long)]
     sink: Option<usize>,
-    /// Prompt tokens per cluster (default 80).
+    /// Prompt tokens per cluster (default: derived from the budget, see the README).
     #[arg(long)]
     tokens_per_cluster: Option<usize>,
     /// Tail window: tokens re-clustered at a time (default min(320, (B - s) / 2)).
@@ -248,6 +322,13 @@ struct EvalArgs {
     /// Clusters per tail window (default from the window).
     #[arg(long)]
     window_clusters: Option<usize>,
+    /// k-means initialisation: random (seeded distinct rows, the default) or kmeans++.
+    #[arg(long)]
+    init: Option<Init>,
+    /// Mass targets p, comma separated: ClusterKV and the oracle (exact top-p) also run with
+    /// a mass-targeted budget at each p, capped by each budget.
+    #[arg(long, value_delimiter = ',')]
+    masses: Vec<f32>,
     /// Folder of the reports.
     #[arg(long, default_value = "reports")]
     out: PathBuf,
@@ -345,6 +426,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Bench(args) => bench_command(args),
         Command::GpuBench(args) => gpu_bench_command(args),
         Command::CacheSim(args) => cache_sim_command(args),
+        Command::Sweep(args) => sweep_command(args),
     }
 }
 
@@ -533,6 +615,10 @@ fn eval_command(args: EvalArgs) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(clusters) = args.window_clusters {
         *select = select.clone().window_clusters(clusters);
     }
+    if let Some(init) = args.init {
+        *select = select.clone().init(init);
+    }
+    config.masses = args.masses.clone();
     let (model, tokenizer) = load(&args.model.model)?;
     let tokens = read_text(&args.text, &tokenizer)?;
     let bar = progress_bar()?;
@@ -576,6 +662,68 @@ fn eval_command(args: EvalArgs) -> Result<(), Box<dyn std::error::Error>> {
         args.json.as_ref().map_or(String::new(), |p| format!(" and {}", p.display())),
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+fn sweep_command(args: SweepArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let started = Instant::now();
+    let mut config = if args.quick { SweepConfig::quick() } else { SweepConfig::full() };
+    let set = |field: &mut Vec<usize>, value: Option<Vec<usize>>| {
+        if let Some(v) = value {
+            *field = v;
+        }
+    };
+    set(&mut config.contexts, args.contexts);
+    set(&mut config.budget_fractions, args.budget_fractions);
+    set(&mut config.tokens_per_cluster, args.tokens_per_cluster);
+    set(&mut config.windows, args.windows);
+    set(&mut config.window_clusters, args.window_clusters);
+    set(&mut config.sinks, args.sinks);
+    set(&mut config.iters, args.iters);
+    if let Some(v) = args.inits {
+        config.inits = v;
+    }
+    if let Some(v) = args.gqa {
+        config.gqa = v;
+    }
+    if let Some(v) = args.masses {
+        config.masses = v;
+    }
+    config.eval.positions = args.positions.unwrap_or(config.eval.positions);
+    config.eval.decode = args.decode.unwrap_or(config.eval.decode);
+    config.eval.passage_len = args.passage_len.unwrap_or(config.eval.passage_len);
+    config.eval.dense_layers = args.model.dense_layers;
+    config.eval.seed = args.seed;
+    config.step_context = args.step_context.unwrap_or(config.step_context);
+    config.reps = args.reps.unwrap_or(config.reps);
+    // Refuse bad input before loading anything.
+    config.validate()?;
+    let (model, tokenizer) = load(&args.model.model)?;
+    let tokens = read_text(&args.text, &tokenizer)?;
+    let bar = progress_bar()?;
+    let mut meta = RunMeta {
+        model: args.model.model.display().to_string(),
+        model_sha256: sha256(&args.model.model)?,
+        text: args.text.display().to_string(),
+        text_sha256: sha256(&args.text)?,
+        text_tokens: tokens.len(),
+        commit: commit(),
+        seed: config.eval.seed,
+        mode: if args.quick { "quick" } else { "full" }.to_owned(),
+        dense_layers: config.eval.dense_layers,
+        positions: config.eval.positions,
+        decode: config.eval.decode,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        seconds: 0.0,
+    };
+    let run = run_sweep(&model, &tokenizer, &tokens, &config, &bar)?;
+    bar.finish_and_clear();
+    meta.seconds = started.elapsed().as_secs_f64();
+    let report = SweepReport { meta, run };
+    let files = write_sweep(&args.out, &report)?;
+    println!("{}", sweep_tables(&report));
+    let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    eprintln!("wrote {} in {:.1} s", names.join(", "), started.elapsed().as_secs_f64());
     Ok(())
 }
 
