@@ -4,7 +4,7 @@
 
 use std::ops::Range;
 
-use ckv_cluster::{Element, score_rows};
+use ckv_cluster::{Element, dot, score_rows};
 
 use crate::StepCtx;
 
@@ -30,15 +30,22 @@ pub(crate) struct MassEstimate {
 impl MassEstimate {
     /// Estimates the mass of the `n` units scored in `scores` (`[step.n_queries, n]`,
     /// unscaled `q · centroid`, one row per query row of `step`), unit `u` holding `size(u)`
-    /// tokens: `size(u) * exp(scale * score)`; the sink, tail and current token are scored
-    /// exactly from `step.keys`.
+    /// tokens; the sink, tail and current token are scored exactly from `step.keys`.
+    ///
+    /// A unit's mass is `size(u) * exp(scale * q · c_u + scale² |q|² spread[u] / (2 d))`:
+    /// its members' scores `q · k` spread around `q · c_u`, and the mean of their
+    /// exponentials is that of a normal spread with variance `|q|² spread[u] / d`
+    /// (`spread[u]`: the mean squared distance of the members to the centroid; isotropic),
+    /// not the exponential of the mean, which underestimates a cluster holding one strongly
+    /// attended key. An empty `spread` means exact units (the oracle's tokens).
     pub(crate) fn estimate<E: Element>(
         &mut self,
         step: &StepCtx<'_, E>,
         scores: &[f32],
         size: impl Fn(usize) -> usize,
+        spread: &[f32],
     ) {
-        let (rows, regions) = (step.n_queries, step.regions);
+        let (rows, regions, d) = (step.n_queries, step.regions, step.d);
         let n = scores.len() / rows.max(1);
         self.fixed_max.clear();
         self.fixed_max.resize(rows, f32::NEG_INFINITY);
@@ -53,13 +60,20 @@ impl MassEstimate {
         self.weights.clear();
         self.weights.resize(n, 0.0);
         self.fixed = 0.0;
-        for ((row, &fixed_max), &fixed_sum) in
-            scores.chunks_exact(n.max(1)).zip(&self.fixed_max).zip(&self.fixed_sum)
+        let rows_iter = scores.chunks_exact(n.max(1)).zip(step.queries.chunks_exact(d));
+        for ((row, q), (&fixed_max, &fixed_sum)) in rows_iter.zip(self.fixed_max.iter().zip(&self.fixed_sum))
         {
-            let top = row.iter().map(|&s| s * step.scale).fold(fixed_max, f32::max);
+            let half_var = 0.5 * step.scale * step.scale * dot(q, q) / d as f32;
             self.row_mass.clear();
-            self.row_mass
-                .extend(row.iter().enumerate().map(|(u, &s)| size(u) as f32 * (s * step.scale - top).exp()));
+            self.row_mass.extend(
+                row.iter()
+                    .enumerate()
+                    .map(|(u, &s)| s * step.scale + spread.get(u).map_or(0.0, |v| half_var * v)),
+            );
+            let top = self.row_mass.iter().copied().fold(fixed_max, f32::max);
+            for (u, m) in self.row_mass.iter_mut().enumerate() {
+                *m = size(u) as f32 * (*m - top).exp();
+            }
             let fixed_mass = fixed_sum * (fixed_max - top).exp();
             let total = fixed_mass + self.row_mass.iter().sum::<f32>();
             self.fixed += fixed_mass / total;
@@ -99,5 +113,54 @@ impl MassEstimate {
             have += self.weights[u as usize];
         }
         order.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Regions;
+
+    /// Two units beside a sink of one token and the current token: without spread the
+    /// shares are `size * exp(scale * score)` over the total; a spread raises its unit's
+    /// share by `exp(scale² |q|² spread / (2 d))`.
+    #[test]
+    fn shares_follow_the_definition() {
+        let (d, scale) = (2, 0.5f32);
+        let q = [1.0f32, 2.0];
+        // Token 0 (sink) and token 3 (current); tokens 1-2 are clustered.
+        let keys = [0.0f32, 1.0, 9.0, 9.0, 9.0, 9.0, 1.0, 0.0];
+        let step = StepCtx {
+            queries: &q,
+            n_queries: 1,
+            keys: &keys,
+            d,
+            scale,
+            regions: Regions::new(1, 3, 3).unwrap(),
+        };
+        let scores = [1.0f32, -2.0];
+        let sizes = [3usize, 1];
+        let exact = |spread: &[f32]| {
+            let boost: Vec<f32> = (0..2)
+                .map(|u| spread.get(u).map_or(0.0, |v| 0.5 * scale * scale * 5.0 * v / d as f32))
+                .collect();
+            let units: Vec<f64> =
+                (0..2).map(|u| sizes[u] as f64 * f64::from(scale * scores[u] + boost[u]).exp()).collect();
+            let fixed = f64::from(scale * 2.0).exp() + f64::from(scale * 1.0).exp();
+            let total = fixed + units.iter().sum::<f64>();
+            (fixed / total, units.iter().map(|m| m / total).collect::<Vec<_>>())
+        };
+        for spread in [&[][..], &[0.8, 0.0][..]] {
+            let mut mass = MassEstimate::default();
+            mass.estimate(&step, &scores, |u| sizes[u], spread);
+            let (fixed, units) = exact(spread);
+            assert!((f64::from(mass.fixed) - fixed).abs() < 1e-6, "{} vs {fixed}", mass.fixed);
+            for (w, want) in mass.weights.iter().zip(&units) {
+                assert!((f64::from(*w) - want).abs() < 1e-6, "{w} vs {want}");
+            }
+            // Unit 0 is ranked first; reaching the fixed share alone takes no unit.
+            assert_eq!(mass.units_to_reach(&[0, 1], mass.fixed * 0.99, 1), 0);
+            assert_eq!(mass.units_to_reach(&[0, 1], 1.0, 1), 2);
+        }
     }
 }

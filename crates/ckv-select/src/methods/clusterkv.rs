@@ -2,7 +2,7 @@
 
 use std::ops::Range;
 
-use ckv_cluster::{ClusterParams, Element, Init, kmeans, score_rows};
+use ckv_cluster::{ClusterParams, Clustering, Element, Init, kmeans, score_rows};
 use ckv_index::ClusterIndex;
 
 use crate::mass::MassEstimate;
@@ -33,6 +33,9 @@ pub struct ClusterKvSelector {
     order: Vec<u32>,
     bits: Vec<u64>,
     mass: MassEstimate,
+    /// Per cluster, the mean squared distance of its members' keys to its centroid: the
+    /// spread of their scores around the centroid's, for the mass estimate.
+    spread: Vec<f32>,
 }
 
 impl ClusterKvSelector {
@@ -52,6 +55,7 @@ impl ClusterKvSelector {
             order: Vec::new(),
             bits: Vec::new(),
             mass: MassEstimate::default(),
+            spread: Vec::new(),
         }
     }
 }
@@ -65,9 +69,25 @@ fn score_centroids(index: &ClusterIndex, queries: &[f32], d: usize, scores: &mut
     score_rows(queries, d, index.centroids_f16(), 0..c, 1.0, scores);
 }
 
+/// Per cluster of `clustering` (over the key rows `keys`, `[n, d]`), the mean squared
+/// distance of its members to its centroid (0 for an empty cluster).
+fn spreads<E: Element>(clustering: &Clustering, keys: &[E], d: usize) -> Vec<f32> {
+    let mut sums = vec![0.0f64; clustering.n_clusters()];
+    for (key, &label) in keys.chunks_exact(d).zip(&clustering.labels) {
+        let c = &clustering.centroids[label as usize * d..(label as usize + 1) * d];
+        let dist: f32 = key.iter().zip(c).map(|(k, c)| (k.to_f32() - c).powi(2)).sum();
+        sums[label as usize] += f64::from(dist);
+    }
+    sums.iter()
+        .zip(&clustering.sizes)
+        .map(|(&s, &n)| if n == 0 { 0.0 } else { (s / f64::from(n)) as f32 })
+        .collect()
+}
+
 /// The buffers of one selection from ranked scores.
 struct Pick<'a> {
     index: &'a ClusterIndex,
+    spread: &'a [f32],
     order: &'a mut Vec<u32>,
     bits: &'a mut Vec<u64>,
     mass: &'a mut MassEstimate,
@@ -90,7 +110,7 @@ impl Pick<'_> {
         let units = match goal.mass {
             None => self.order.len(),
             Some(p) => {
-                self.mass.estimate(step, row_scores, size);
+                self.mass.estimate(step, row_scores, size, self.spread);
                 self.mass.units_to_reach(self.order, p, step.n_queries)
             }
         };
@@ -119,18 +139,21 @@ impl<E: Element> Selector<E> for ClusterKvSelector {
             .init(self.init)
             .seed(derive_seed(self.seed, &[self.clusterings]))
             .validate()?;
-        let clustering = kmeans(&params, &keys[tokens.start as usize * d..tokens.end as usize * d], d)?;
+        let rows_of = &keys[tokens.start as usize * d..tokens.end as usize * d];
+        let clustering = kmeans(&params, rows_of, d)?;
         let index = match &mut self.index {
             Some(index) => index,
             none => none.insert(ClusterIndex::new(d)?),
         };
         index.append(&clustering, tokens.start)?;
+        self.spread.extend(spreads(&clustering, rows_of, d));
         self.clusterings += 1;
         Ok(())
     }
 
     fn choose(&mut self, step: &StepCtx<'_, E>, goal: Goal, out: &mut Vec<u32>) {
-        let Self { index: Some(index), query, scores, row_scores, order, bits, mass, .. } = self else {
+        let Self { index: Some(index), query, scores, row_scores, order, bits, mass, spread, .. } = self
+        else {
             return;
         };
         // The group's rows summed, then one score per cluster (as the GPU kernel ranks).
@@ -143,14 +166,14 @@ impl<E: Element> Selector<E> for ClusterKvSelector {
             }
             _ => &scores[..],
         };
-        Pick { index, order, bits, mass }.take(step, goal, scores, rows, out);
+        Pick { index, spread, order, bits, mass }.take(step, goal, scores, rows, out);
     }
 
     fn choose_each(&mut self, step: &StepCtx<'_, E>, goal: Goal, outs: &mut [Vec<u32>]) {
-        let Self { index: Some(index), row_scores, order, bits, mass, .. } = self else { return };
+        let Self { index: Some(index), row_scores, order, bits, mass, spread, .. } = self else { return };
         score_centroids(index, step.queries, step.d, row_scores);
         let c = index.n_clusters();
-        let mut pick = Pick { index, order, bits, mass };
+        let mut pick = Pick { index, spread, order, bits, mass };
         for (r, out) in outs.iter_mut().enumerate() {
             let scores = &row_scores[r * c..(r + 1) * c];
             pick.take(&step.row(r), goal, scores, scores, out);

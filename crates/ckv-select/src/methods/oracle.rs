@@ -52,7 +52,7 @@ impl<E: Element> Selector<E> for OracleSelector {
                 1.0,
                 &mut self.row_scores,
             );
-            self.mass.estimate(step, &self.row_scores, |_| 1);
+            self.mass.estimate(step, &self.row_scores, |_| 1, &[]);
             rank_covering(&self.scores, count, |_| 1, &mut self.order);
             let take = self.mass.units_to_reach(&self.order, p, step.n_queries).min(count);
             out.extend(self.order[..take].iter().map(|&i| region.start + i));
