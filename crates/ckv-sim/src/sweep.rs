@@ -1034,7 +1034,10 @@ mod tests {
         }
         let sink = points.iter().find(|p| p.label == "sink=64").unwrap();
         let v = sink.resolve(512, 0, 8192).unwrap();
-        assert_eq!((v.sink(), v.method(), v.tokens_per_cluster()), (64, Method::ClusterKv, 16));
+        assert_eq!(
+            (v.sink(), v.method(), v.tokens_per_cluster()),
+            (64, Method::ClusterKv, ckv_select::default_tokens_per_cluster(512))
+        );
         let gqa = points.iter().find(|p| p.label == "gqa=per-kv-head").unwrap();
         assert_eq!(gqa.resolve(512, 0, 8192).unwrap().gqa(), GqaPolicy::PerKvHead);
         let mass = points.iter().find(|p| p.label == "oracle/mass=0.9").unwrap();

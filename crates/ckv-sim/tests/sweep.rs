@@ -57,8 +57,9 @@ fn quick_sweep_records_step_times_and_a_front() {
             .find(|r| r.label == label)
             .map(|r| (r.params.tokens_per_cluster, r.step_tokens_per_cluster))
     };
-    // The default derives its cluster size from each budget: 8 at B = 128, 32 at 8192 / 8.
-    assert_eq!(tpc("default"), Some((8, Some(32))));
+    // The default derives its cluster size from each budget: at B = 128 and at 8192 / 8.
+    let derived = ckv_select::default_tokens_per_cluster;
+    assert_eq!(tpc("default"), Some((derived(128), Some(derived(1024)))));
     assert_eq!(tpc("tpc=80"), Some((80, Some(80))));
     let gap = |task: Task, label: &str| {
         run.summary.iter().find(|s| s.task == task && s.label == label).unwrap().mean_gap
