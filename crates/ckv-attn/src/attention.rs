@@ -252,6 +252,18 @@ mod tests {
         assert_eq!(sparse, out);
     }
 
+    /// `g` query rows and `total` f16 key and value rows of dimension `d`, from `seed`.
+    fn group_data(
+        g: usize,
+        d: usize,
+        total: usize,
+        seed: usize,
+    ) -> (Vec<f32>, Vec<half::f16>, Vec<half::f16>) {
+        let val = |i: usize, salt: usize| ((i * 7919 + salt * 104_729) % 2003) as f32 / 500.0 - 2.0;
+        let rows = |salt| (0..total * d).map(|i| half::f16::from_f32(val(i, salt))).collect();
+        ((0..g * d).map(|i| val(i, seed)).collect(), rows(seed + 1), rows(seed + 2))
+    }
+
     proptest::proptest! {
         /// A group of query rows attends bitwise as each row alone, and as the `f64`
         /// definition within rounding; any group size, odd dims, empty and repeated ids.
@@ -263,10 +275,7 @@ mod tests {
             picks in proptest::collection::vec(0usize..1000, 0..60),
             seed in 0usize..1000,
         ) {
-            let val = |i: usize, salt: usize| ((i * 7919 + salt * 104_729) % 2003) as f32 / 500.0 - 2.0;
-            let q: Vec<f32> = (0..g * d).map(|i| val(i, seed)).collect();
-            let keys: Vec<half::f16> = (0..total * d).map(|i| half::f16::from_f32(val(i, seed + 1))).collect();
-            let values: Vec<half::f16> = (0..total * d).map(|i| half::f16::from_f32(val(i, seed + 2))).collect();
+            let (q, keys, values) = group_data(g, d, total, seed);
             let ids: Vec<u32> = picks.iter().map(|&p| (p % total) as u32).collect();
             let (mut probs, mut out) = (Vec::new(), vec![f32::NAN; g * d]);
             sparse_attention(&q, d, &keys, &values, &ids, 0.3, &mut probs, &mut out);
@@ -311,10 +320,7 @@ mod tests {
             picks in proptest::collection::vec(proptest::collection::btree_set(0u32..80, 0..40), 6),
             seed in 0usize..1000,
         ) {
-            let val = |i: usize, salt: usize| ((i * 7919 + salt * 104_729) % 2003) as f32 / 500.0 - 2.0;
-            let q: Vec<f32> = (0..g * d).map(|i| val(i, seed)).collect();
-            let keys: Vec<half::f16> = (0..total * d).map(|i| half::f16::from_f32(val(i, seed + 1))).collect();
-            let values: Vec<half::f16> = (0..total * d).map(|i| half::f16::from_f32(val(i, seed + 2))).collect();
+            let (q, keys, values) = group_data(g, d, total, seed);
             // Overlapping lists (a shared core) or disjoint ones, by the seed.
             let lists: Vec<Vec<u32>> = picks[..g]
                 .iter()

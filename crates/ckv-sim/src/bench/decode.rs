@@ -124,6 +124,14 @@ fn build_indexed_heads(
         .collect()
 }
 
+/// One dense decode step of every head, in parallel.
+fn dense_step(heads: &mut [Head], shape: &LayerShape) {
+    let d = shape.head_dim;
+    heads.par_iter_mut().for_each(|h| {
+        dense_attention(&h.queries, d, h.kv.keys(), h.kv.values(), shape.scale(), &mut h.probs, &mut h.out)
+    });
+}
+
 /// A selection method of the sweep.
 #[derive(Debug, Clone, Copy)]
 struct Sparse {
@@ -210,19 +218,7 @@ fn sweep_context(
             std::hint::black_box(flusher.flush());
         }
     };
-    let dense_s = median_time(config.reps, flush, || {
-        heads.par_iter_mut().for_each(|h| {
-            dense_attention(
-                &h.queries,
-                d,
-                h.kv.keys(),
-                h.kv.values(),
-                shape.scale(),
-                &mut h.probs,
-                &mut h.out,
-            )
-        })
-    });
+    let dense_s = median_time(config.reps, flush, || dense_step(&mut heads, shape));
     let dense_bytes = shape.n_kv_heads * (context + 1) * 2 * d * 2;
     let record = |method: String, budget: Option<usize>, median_s: f64, bytes: usize| BenchRecord {
         case: "decode_step".into(),
@@ -314,7 +310,6 @@ impl StepTimer {
     /// flushed cache (when `config.flush`).
     pub fn dense(&mut self, flusher: &Flusher) -> f64 {
         let (shape, flush) = (self.config.shape, self.config.flush);
-        let d = shape.head_dim;
         let heads = &mut self.heads;
         median_time(
             self.config.reps,
@@ -323,19 +318,7 @@ impl StepTimer {
                     std::hint::black_box(flusher.flush());
                 }
             },
-            || {
-                heads.par_iter_mut().for_each(|h| {
-                    dense_attention(
-                        &h.queries,
-                        d,
-                        h.kv.keys(),
-                        h.kv.values(),
-                        shape.scale(),
-                        &mut h.probs,
-                        &mut h.out,
-                    )
-                })
-            },
+            || dense_step(heads, &shape),
         )
     }
 
