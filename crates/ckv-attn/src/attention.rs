@@ -176,28 +176,26 @@ pub fn attend_selected<E: Element>(
     {
         // The row's own scores, in its list's order (a sorted subset of the union).
         probs.clear();
-        let mut at = 0;
-        let positions = ids.iter().map(|id| {
-            while union[at] != *id {
-                at += 1;
-            }
-            at
-        });
-        for p in positions {
-            probs.push(row_scores[p]);
-        }
+        probs.extend(positions(union, ids).map(|p| row_scores[p]));
         softmax(probs);
-        let mut at = 0;
-        for (id, &p) in ids.iter().zip(probs.iter()) {
-            while union[at] != *id {
-                at += 1;
-            }
-            row_weights[at] = p;
+        for (p, &prob) in positions(union, ids).zip(probs.iter()) {
+            row_weights[p] = prob;
         }
         observe(ids, probs);
     }
     out.fill(0.0);
     weigh_rows(weights, d, values, rows(), out);
+}
+
+/// The positions in `union` of the ids of `ids`, a sorted subset of the sorted `union`.
+fn positions<'a>(union: &'a [u32], ids: &'a [u32]) -> impl Iterator<Item = usize> + 'a {
+    let mut at = 0;
+    ids.iter().map(move |id| {
+        while union[at] != *id {
+            at += 1;
+        }
+        at
+    })
 }
 
 /// The sorted union of sorted, distinct id lists, into `union`.

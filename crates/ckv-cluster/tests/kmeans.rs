@@ -269,7 +269,19 @@ fn purity(labels: &[u32], truth: &[usize], k: usize, classes: usize) -> f64 {
 /// 8 random unit directions in d = 32 (nearly orthogonal), 100 rows each with random norm in
 /// [0.5, 2] and small noise, shuffled. Returns (rows, true class per row, directions).
 fn separated_data(seed: u64) -> (Vec<f32>, Vec<usize>, Vec<Vec<f64>>) {
-    let (classes, per, d) = (8, 100, 32);
+    blobs_around(8, 100, 32, 0.05, seed)
+}
+
+/// `classes` random unit directions in `d` dimensions, `per` rows each: the direction times a
+/// norm in [0.5, 2] plus `noise` times a near-normal value per coordinate, shuffled. Returns
+/// (rows, class per row, directions).
+fn blobs_around(
+    classes: usize,
+    per: usize,
+    d: usize,
+    noise: f32,
+    seed: u64,
+) -> (Vec<f32>, Vec<usize>, Vec<Vec<f64>>) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let gauss = |rng: &mut ChaCha8Rng| -> f32 { (0..12).map(|_| rng.random::<f32>()).sum::<f32>() - 6.0 };
     let dirs: Vec<Vec<f64>> =
@@ -284,7 +296,7 @@ fn separated_data(seed: u64) -> (Vec<f32>, Vec<usize>, Vec<Vec<f64>>) {
     for &t in &order {
         let norm = 0.5 + 1.5 * rng.random::<f32>();
         for dir in &dirs[t] {
-            rows.push(norm * (*dir as f32 + 0.05 * gauss(&mut rng)));
+            rows.push(norm * (*dir as f32 + noise * gauss(&mut rng)));
         }
     }
     (rows, order, dirs)
@@ -361,25 +373,10 @@ fn plus_plus_independent_of_thread_count() {
     assert_ne!(kmeans(&random, &heads[0], d).unwrap().objective_history[0], single.objective_history[0]);
 }
 
-/// `blobs` random directions in `d` dimensions, `per` rows each: the direction times a norm in
-/// [0.5, 2] plus a tiny noise (1e-3 per coordinate), shuffled. Returns (rows, class per row).
+/// `blobs` random directions in `d` dimensions, `per` rows each, with a tiny noise (1e-3 per
+/// coordinate), shuffled. Returns (rows, class per row).
 fn tight_blobs(blobs: usize, per: usize, d: usize, seed: u64) -> (Vec<f32>, Vec<usize>) {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let gauss = |rng: &mut ChaCha8Rng| -> f32 { (0..12).map(|_| rng.random::<f32>()).sum::<f32>() - 6.0 };
-    let dirs: Vec<Vec<f64>> =
-        (0..blobs).map(|_| unit(&(0..d).map(|_| gauss(&mut rng)).collect::<Vec<_>>())).collect();
-    let mut order: Vec<usize> = (0..blobs * per).map(|i| i / per).collect();
-    for i in (1..order.len()).rev() {
-        let j = rng.random_range(0..=i);
-        order.swap(i, j);
-    }
-    let mut rows = Vec::with_capacity(order.len() * d);
-    for &t in &order {
-        let norm = 0.5 + 1.5 * rng.random::<f32>();
-        for dir in &dirs[t] {
-            rows.push(norm * (*dir as f32 + 1e-3 * gauss(&mut rng)));
-        }
-    }
+    let (rows, order, _) = blobs_around(blobs, per, d, 1e-3, seed);
     (rows, order)
 }
 

@@ -51,7 +51,7 @@ const SHAPES: [&[(i32, i32)]; 6] = [
 /// Size of one plot panel in pixels.
 const PANEL: (u32, u32) = (540, 420);
 /// The plots' font family.
-const FONT: &str = "sans-serif";
+pub(crate) const FONT: &str = "sans-serif";
 
 /// What a drawing step returns; turned into [`SimError::Plot`] per file.
 type DrawResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;

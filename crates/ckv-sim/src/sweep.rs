@@ -29,6 +29,7 @@ use tracing::{info, warn};
 use crate::bench::{BenchConfig, Flusher, LayerShape, StepTimer};
 use crate::eval::{probe_set, task_score};
 use crate::probe::{ProbeOptions, ProbeScore, Setting, SettingResult, run_probes};
+use crate::report::FONT;
 use crate::{EvalConfig, RunMeta, SimError, Task, Variant};
 
 /// The tasks of the sweep.
@@ -867,8 +868,6 @@ pub fn write_sweep(dir: &Path, report: &SweepReport) -> Result<Vec<PathBuf>, Sim
 
 /// Size of one plot panel in pixels.
 const PANEL: (u32, u32) = (640, 500);
-/// The plots' font family.
-const FONT: &str = "sans-serif";
 
 /// One panel of the sweep plot: a task's points.
 struct Panel<'a> {

@@ -15,7 +15,8 @@ use crate::{Goal, Growth, Method, SelectError, Selector, StepCtx, ValidSelectPar
 /// clusters by `q · centroid` (the f16 centroids, f32 sums; summed over the query rows that
 /// share the selection), descending, ties to the lower id, and takes whole clusters until
 /// the count is reached, the last one cut. Under a mass target it stops earlier, once the
-/// estimated mass (`size * exp(scale * q · centroid)` per cluster) reaches the target.
+/// estimated mass (per cluster `size * exp(scale * q · centroid)`, raised by the spread of
+/// its members around the centroid) reaches the target.
 /// [`choose_each`](Selector::choose_each) scores every query row of a group in one pass over
 /// the centroids.
 #[derive(Debug, Clone)]
@@ -34,8 +35,8 @@ pub struct ClusterKvSelector {
     bits: Vec<u64>,
     mass: MassEstimate,
     /// Per cluster, the mean squared distance of its members' keys to its centroid: the
-    /// spread of their scores around the centroid's, for the mass estimate.
-    spread: Vec<f32>,
+    /// spread of their scores around the centroid's, kept only for a mass target.
+    spread: Option<Vec<f32>>,
 }
 
 impl ClusterKvSelector {
@@ -55,7 +56,7 @@ impl ClusterKvSelector {
             order: Vec::new(),
             bits: Vec::new(),
             mass: MassEstimate::default(),
-            spread: Vec::new(),
+            spread: params.mass().map(|_| Vec::new()),
         }
     }
 }
@@ -146,7 +147,9 @@ impl<E: Element> Selector<E> for ClusterKvSelector {
             none => none.insert(ClusterIndex::new(d)?),
         };
         index.append(&clustering, tokens.start)?;
-        self.spread.extend(spreads(&clustering, rows_of, d));
+        if let Some(spread) = &mut self.spread {
+            spread.extend(spreads(&clustering, rows_of, d));
+        }
         self.clusterings += 1;
         Ok(())
     }
@@ -166,6 +169,7 @@ impl<E: Element> Selector<E> for ClusterKvSelector {
             }
             _ => &scores[..],
         };
+        let spread = spread.as_deref().unwrap_or_default();
         Pick { index, spread, order, bits, mass }.take(step, goal, scores, rows, out);
     }
 
@@ -173,6 +177,7 @@ impl<E: Element> Selector<E> for ClusterKvSelector {
         let Self { index: Some(index), row_scores, order, bits, mass, spread, .. } = self else { return };
         score_centroids(index, step.queries, step.d, row_scores);
         let c = index.n_clusters();
+        let spread = spread.as_deref().unwrap_or_default();
         let mut pick = Pick { index, spread, order, bits, mass };
         for (r, out) in outs.iter_mut().enumerate() {
             let scores = &row_scores[r * c..(r + 1) * c];

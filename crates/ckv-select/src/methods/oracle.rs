@@ -41,18 +41,18 @@ impl<E: Element> Selector<E> for OracleSelector {
         self.scores.extend(keys.chunks_exact(d).map(|k| dot(&self.query, k)));
         let count = goal.count;
         if let Some(p) = goal.mass {
-            // Exact top-p: every token's exact probability, tokens in score order.
-            self.row_scores.clear();
-            self.row_scores.resize(step.n_queries * region.len(), 0.0);
-            score_rows(
-                step.queries,
-                d,
-                step.keys,
-                region.clone().map(|i| i as usize),
-                1.0,
-                &mut self.row_scores,
-            );
-            self.mass.estimate(step, &self.row_scores, |_| 1, &[]);
+            // Exact top-p: every token's exact probability, tokens in score order. One query
+            // row's scores are the ranking scores themselves.
+            let row_scores = if step.n_queries == 1 {
+                &self.scores
+            } else {
+                self.row_scores.clear();
+                self.row_scores.resize(step.n_queries * region.len(), 0.0);
+                let ids = region.clone().map(|i| i as usize);
+                score_rows(step.queries, d, step.keys, ids, 1.0, &mut self.row_scores);
+                &self.row_scores
+            };
+            self.mass.estimate(step, row_scores, |_| 1, &[]);
             rank_covering(&self.scores, count, |_| 1, &mut self.order);
             let take = self.mass.units_to_reach(&self.order, p, step.n_queries).min(count);
             out.extend(self.order[..take].iter().map(|&i| region.start + i));

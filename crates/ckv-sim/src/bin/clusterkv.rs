@@ -557,6 +557,32 @@ fn read_text(path: &Path, tokenizer: &Tokenizer) -> Result<Vec<u32>, Box<dyn std
 }
 
 /// The sha256 of a file, in hex.
+/// The metadata of an evaluation or sweep run of `config` on `model` and `text` (`tokens`
+/// tokens); its `seconds` are set when the run ends.
+fn run_meta(
+    model: &Path,
+    text: &Path,
+    tokens: usize,
+    config: &EvalConfig,
+    quick: bool,
+) -> Result<RunMeta, Box<dyn std::error::Error>> {
+    Ok(RunMeta {
+        model: model.display().to_string(),
+        model_sha256: sha256(model)?,
+        text: text.display().to_string(),
+        text_sha256: sha256(text)?,
+        text_tokens: tokens,
+        commit: commit(),
+        seed: config.seed,
+        mode: if quick { "quick" } else { "full" }.to_owned(),
+        dense_layers: config.dense_layers,
+        positions: config.positions,
+        decode: config.decode,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        seconds: 0.0,
+    })
+}
+
 fn sha256(path: &Path) -> Result<String, Box<dyn std::error::Error>> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     Ok(Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
@@ -622,21 +648,7 @@ fn eval_command(args: EvalArgs) -> Result<(), Box<dyn std::error::Error>> {
     let (model, tokenizer) = load(&args.model.model)?;
     let tokens = read_text(&args.text, &tokenizer)?;
     let bar = progress_bar()?;
-    let mut meta = RunMeta {
-        model: args.model.model.display().to_string(),
-        model_sha256: sha256(&args.model.model)?,
-        text: args.text.display().to_string(),
-        text_sha256: sha256(&args.text)?,
-        text_tokens: tokens.len(),
-        commit: commit(),
-        seed: config.seed,
-        mode: if args.quick { "quick" } else { "full" }.to_owned(),
-        dense_layers: config.dense_layers,
-        positions: config.positions,
-        decode: config.decode,
-        command: std::env::args().collect::<Vec<_>>().join(" "),
-        seconds: 0.0,
-    };
+    let mut meta = run_meta(&args.model.model, &args.text, tokens.len(), &config, args.quick)?;
     // One context at a time, the reports rewritten after each: a long run stopped early
     // keeps the contexts it finished.
     let mut records = Vec::new();
@@ -701,21 +713,7 @@ fn sweep_command(args: SweepArgs) -> Result<(), Box<dyn std::error::Error>> {
     let (model, tokenizer) = load(&args.model.model)?;
     let tokens = read_text(&args.text, &tokenizer)?;
     let bar = progress_bar()?;
-    let mut meta = RunMeta {
-        model: args.model.model.display().to_string(),
-        model_sha256: sha256(&args.model.model)?,
-        text: args.text.display().to_string(),
-        text_sha256: sha256(&args.text)?,
-        text_tokens: tokens.len(),
-        commit: commit(),
-        seed: config.eval.seed,
-        mode: if args.quick { "quick" } else { "full" }.to_owned(),
-        dense_layers: config.eval.dense_layers,
-        positions: config.eval.positions,
-        decode: config.eval.decode,
-        command: std::env::args().collect::<Vec<_>>().join(" "),
-        seconds: 0.0,
-    };
+    let mut meta = run_meta(&args.model.model, &args.text, tokens.len(), &config.eval, args.quick)?;
     let run = run_sweep(&model, &tokenizer, &tokens, &config, &bar)?;
     bar.finish_and_clear();
     meta.seconds = started.elapsed().as_secs_f64();
