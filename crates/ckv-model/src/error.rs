@@ -74,7 +74,7 @@ pub enum GgufError {
     MissingTensor(String),
     /// A tensor type this reader cannot dequantize.
     #[error(
-        "tensor {name:?} has type {dtype}, which is not supported (supported: F32, F16, Q4_0, Q4_1, Q8_0)"
+        "tensor {name:?} has type {dtype}, which is not supported (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K)"
     )]
     UnsupportedType {
         /// The tensor.

@@ -4,6 +4,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::Path;
 
+use std::sync::Arc;
+
 use memmap2::Mmap;
 
 use crate::{GgmlType, GgufError, dequantize};
@@ -101,7 +103,7 @@ impl TensorInfo {
 /// An open GGUF file: metadata parsed, tensors located, data memory-mapped.
 #[derive(Debug)]
 pub struct GgufFile {
-    map: Mmap,
+    map: Arc<Mmap>,
     version: u32,
     metadata: BTreeMap<String, GgufValue>,
     tensors: Vec<TensorInfo>,
@@ -252,7 +254,7 @@ impl GgufFile {
             by_name.insert(name.clone(), tensors.len());
             tensors.push(TensorInfo { name, dims, dtype, data });
         }
-        Ok(Self { map, version, metadata, tensors, by_name })
+        Ok(Self { map: Arc::new(map), version, metadata, tensors, by_name })
     }
 
     /// The GGUF version (2 or 3).
@@ -323,6 +325,12 @@ impl GgufFile {
         Ok(&self.map[self.tensor(name)?.data.clone()])
     }
 
+    /// The bytes of tensor `name`, sharing the file's mapping (they stay valid after the
+    /// file is dropped).
+    pub(crate) fn shared_bytes(&self, name: &str) -> Result<SharedBytes, GgufError> {
+        Ok(SharedBytes { data: self.map.clone(), range: self.tensor(name)?.data.clone() })
+    }
+
     /// Tensor `name` dequantized to `f32`, in GGML order (fastest dimension first).
     pub fn dequantize(&self, name: &str) -> Result<Vec<f32>, GgufError> {
         let info = self.tensor(name)?;
@@ -332,6 +340,36 @@ impl GgufFile {
         } else {
             Err(GgufError::UnsupportedType { name: name.to_owned(), dtype: info.dtype })
         }
+    }
+}
+
+/// A tensor's bytes inside a shared mapping of its file: a weight kept in its GGUF blocks.
+#[derive(Clone)]
+pub(crate) struct SharedBytes {
+    data: Arc<dyn AsRef<[u8]> + Send + Sync>,
+    range: std::ops::Range<usize>,
+}
+
+impl SharedBytes {
+    /// Bytes held in memory (for tests of the products).
+    #[cfg(test)]
+    pub(crate) fn owned(bytes: Vec<u8>) -> Self {
+        let range = 0..bytes.len();
+        Self { data: Arc::new(bytes), range }
+    }
+}
+
+impl std::ops::Deref for SharedBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &(*self.data).as_ref()[self.range.clone()]
+    }
+}
+
+impl std::fmt::Debug for SharedBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SharedBytes({} bytes)", self.range.len())
     }
 }
 

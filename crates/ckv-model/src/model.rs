@@ -12,11 +12,12 @@ use ckv_select::SelectParams;
 use half::f16;
 use rayon::prelude::*;
 
-use crate::ops::{linear, rms_norm, rope, rope_inv_freq, swiglu};
+use crate::ops::{LinearScratch, linear, rms_norm, rope, rope_inv_freq, swiglu};
 use crate::weights::{Block, Weights};
-use crate::{GgufFile, LlamaConfig, ModelError};
+use crate::{GgmlType, GgufFile, LlamaConfig, ModelError};
 
-/// A loaded model: configuration and weights (dequantized to `f32`).
+/// A loaded model: configuration and weights, kept in their GGUF types (quantized blocks
+/// stay in the file's mapping).
 #[derive(Debug, Clone)]
 pub struct Model {
     config: LlamaConfig,
@@ -70,16 +71,27 @@ impl Model {
                 Ok(LayerPipeline::new(config))
             })
             .collect::<Result<Vec<_>, ModelError>>()?;
-        Ok(Runner { model: self, layers, prefill_chunk: PREFILL_CHUNK })
+        Ok(Runner { model: self, layers, prefill_chunk: PREFILL_CHUNK, work: DecodeWork::default() })
     }
 
-    /// Logits `[n, vocab]` of final hidden states `[n, hidden]`.
+    /// Logits `[n, vocab]` of final hidden states `[n, hidden]` (see [`Runner::logits`] for a
+    /// decode step's, without allocating).
     pub fn logits(&self, hidden: &[f32]) -> Vec<f32> {
-        let head = self.weights.output.as_ref().unwrap_or(&self.weights.embed);
         let n = hidden.len() / self.config.hidden;
         let mut out = vec![0.0f32; n * self.config.vocab];
-        linear(hidden, &head.w, head.inp, &mut out);
+        linear(hidden, self.weights.head(), &mut out, &mut LinearScratch::default());
         out
+    }
+
+    /// Bytes the weights hold in memory: quantized matrices in their GGUF blocks (inside the
+    /// file's mapping), float ones as typed rows, norms as `f32`.
+    pub fn weight_bytes(&self) -> usize {
+        self.weights.memory_bytes()
+    }
+
+    /// How many weight matrices have each type, in code order.
+    pub fn weight_types(&self) -> Vec<(GgmlType, usize)> {
+        self.weights.types()
     }
 
     fn check_tokens(&self, tokens: &[u32]) -> Result<(), ModelError> {
@@ -89,20 +101,19 @@ impl Model {
         }
     }
 
-    fn embed(&self, tokens: &[u32]) -> Vec<f32> {
+    /// The embeddings of `tokens` (in range) into `x`, resized to `[tokens.len(), hidden]`.
+    fn embed(&self, tokens: impl ExactSizeIterator<Item = u32>, x: &mut Vec<f32>) {
         let h = self.config.hidden;
-        tokens
-            .iter()
-            .flat_map(|&t| &self.weights.embed.w[t as usize * h..(t as usize + 1) * h])
-            .copied()
-            .collect()
+        x.resize(tokens.len() * h, 0.0);
+        for (t, x) in tokens.zip(x.chunks_exact_mut(h)) {
+            self.weights.embed.row_into(t as usize, x);
+        }
     }
 
-    /// The final RMSNorm of hidden states `[n, hidden]`.
-    fn final_norm(&self, x: &[f32]) -> Vec<f32> {
-        let mut out = vec![0.0f32; x.len()];
-        rms_norm(x, &self.weights.output_norm, self.config.eps, &mut out);
-        out
+    /// The final RMSNorm of hidden states `[n, hidden]` into `out`, resized to match.
+    fn final_norm(&self, x: &[f32], out: &mut Vec<f32>) {
+        out.resize(x.len(), 0.0);
+        rms_norm(x, &self.weights.output_norm, self.config.eps, out);
     }
 }
 
@@ -157,14 +168,39 @@ pub type DecodeObserver<'a> = dyn FnMut(usize, &LayerPipeline<f16>, &[DecodeInpu
 /// Prompt tokens per prefill chunk by default: bounds the activations of a long prompt.
 pub const PREFILL_CHUNK: usize = 512;
 
-/// Runs the model with one attention method; holds the KV of its sequences.
+/// Runs the model with one attention method; holds the KV of its sequences and the buffers
+/// of the decode step, so that a warm step allocates nothing.
 pub struct Runner<'m> {
     model: &'m Model,
     layers: Vec<LayerPipeline<f16>>,
     prefill_chunk: usize,
+    work: DecodeWork,
+}
+
+/// The decode step's buffers, reused from step to step.
+#[derive(Default)]
+struct DecodeWork {
+    acts: Activations,
+    /// The residual stream `[n, hidden]`.
+    x: Vec<f32>,
+    /// The last step's final hidden states `[n, hidden]`.
+    hidden: Vec<f32>,
+    /// The logits of `hidden`.
+    logits: Vec<f32>,
+    positions: Vec<usize>,
+    /// Always empty: its capacity serves each layer's attention inputs.
+    inputs: Vec<DecodeInput<'static>>,
+}
+
+/// An empty vector of attention inputs of any lifetime, on the capacity of `inputs`.
+fn recycle<'b>(mut inputs: Vec<DecodeInput<'_>>) -> Vec<DecodeInput<'b>> {
+    inputs.clear();
+    // Collecting a vector's own iterator into a type of the same layout reuses its buffer.
+    inputs.into_iter().map(|_| unreachable!("the vector is empty")).collect()
 }
 
 /// Activations of one block for `n` rows.
+#[derive(Default)]
 struct Activations {
     normed: Vec<f32>,
     q: Vec<f32>,
@@ -174,20 +210,24 @@ struct Activations {
     proj: Vec<f32>,
     gate: Vec<f32>,
     up: Vec<f32>,
+    scratch: LinearScratch,
 }
 
 impl Activations {
-    fn new(c: &LlamaConfig, n: usize) -> Self {
+    /// Sizes every buffer for `n` rows (allocating only to grow).
+    fn resize(&mut self, c: &LlamaConfig, n: usize) {
         let kv = c.n_kv_heads * c.head_dim;
-        Self {
-            normed: vec![0.0; n * c.hidden],
-            q: vec![0.0; n * c.hidden],
-            k: vec![0.0; n * kv],
-            v: vec![0.0; n * kv],
-            attn: vec![0.0; n * c.hidden],
-            proj: vec![0.0; n * c.hidden],
-            gate: vec![0.0; n * c.ffn],
-            up: vec![0.0; n * c.ffn],
+        for (buf, width) in [
+            (&mut self.normed, c.hidden),
+            (&mut self.q, c.hidden),
+            (&mut self.k, kv),
+            (&mut self.v, kv),
+            (&mut self.attn, c.hidden),
+            (&mut self.proj, c.hidden),
+            (&mut self.gate, c.ffn),
+            (&mut self.up, c.ffn),
+        ] {
+            buf.resize(n * width, 0.0);
         }
     }
 }
@@ -282,18 +322,20 @@ impl Runner<'_> {
             }
         }
         let mut hidden = Vec::with_capacity(tokens.len() * c.hidden);
+        let (mut x, mut normed, mut a) = (Vec::new(), Vec::new(), Activations::default());
         let result = (|| {
             for (i, chunk) in tokens.chunks(self.prefill_chunk).enumerate() {
                 let base = i * self.prefill_chunk;
-                let mut x = model.embed(chunk);
-                let mut a = Activations::new(c, chunk.len());
+                model.embed(chunk.iter().copied(), &mut x);
+                a.resize(c, chunk.len());
                 for ((block, layer), &id) in model.weights.blocks.iter().zip(&mut self.layers).zip(&ids) {
                     project_qkv(model, block, &x, &mut a, |row| base + row);
                     let input = PrefillInput { keys: &a.k, values: &a.v, queries: Some(&a.q) };
                     layer.extend(id, input, Some(&mut a.attn))?;
                     finish_block(model, block, &mut x, &mut a);
                 }
-                hidden.extend(model.final_norm(&x));
+                model.final_norm(&x, &mut normed);
+                hidden.extend_from_slice(&normed);
             }
             Ok::<(), ModelError>(())
         })();
@@ -327,8 +369,10 @@ impl Runner<'_> {
     }
 
     /// Decodes one token for each `(sequence, token)` of `batch` (distinct sequences).
-    /// Returns the final hidden states `[batch.len(), hidden]`.
-    pub fn decode(&mut self, batch: &mut [(&mut Sequence, u32)]) -> Result<Vec<f32>, ModelError> {
+    /// Returns the final hidden states `[batch.len(), hidden]`, held by the runner until the
+    /// next step; [`logits`](Self::logits) turns them into logits. Once the buffers have
+    /// grown to the batch (after the first step), a step allocates nothing.
+    pub fn decode(&mut self, batch: &mut [(&mut Sequence, u32)]) -> Result<&[f32], ModelError> {
         self.decode_observed(batch, &mut |_: usize, _: &LayerPipeline<f16>, _: &[DecodeInput<'_>]| {})
     }
 
@@ -340,35 +384,49 @@ impl Runner<'_> {
         &mut self,
         batch: &mut [(&mut Sequence, u32)],
         observer: &mut DecodeObserver<'_>,
-    ) -> Result<Vec<f32>, ModelError> {
+    ) -> Result<&[f32], ModelError> {
         let model = self.model;
-        let tokens: Vec<u32> = batch.iter().map(|(_, t)| *t).collect();
-        model.check_tokens(&tokens)?;
         let c = &model.config;
+        if let Some(&(_, id)) = batch.iter().find(|(_, t)| *t as usize >= c.vocab) {
+            return Err(ModelError::TokenOutOfRange { id, vocab: c.vocab });
+        }
         let (q_width, kv_width) = (c.hidden, c.n_kv_heads * c.head_dim);
-        let positions: Vec<usize> = batch.iter().map(|(s, _)| s.len).collect();
-        let mut x = model.embed(&tokens);
-        let mut a = Activations::new(c, batch.len());
+        let w = &mut self.work;
+        w.positions.clear();
+        w.positions.extend(batch.iter().map(|(s, _)| s.len));
+        model.embed(batch.iter().map(|(_, t)| *t), &mut w.x);
+        w.acts.resize(c, batch.len());
         for (l, (block, layer)) in model.weights.blocks.iter().zip(&mut self.layers).enumerate() {
-            project_qkv(model, block, &x, &mut a, |row| positions[row]);
-            let inputs: Vec<DecodeInput<'_>> = batch
-                .iter()
-                .enumerate()
-                .map(|(b, (seq, _))| DecodeInput {
-                    seq: seq.ids[l],
-                    query: &a.q[b * q_width..(b + 1) * q_width],
-                    key: &a.k[b * kv_width..(b + 1) * kv_width],
-                    value: &a.v[b * kv_width..(b + 1) * kv_width],
-                })
-                .collect();
+            let positions = &w.positions;
+            project_qkv(model, block, &w.x, &mut w.acts, |row| positions[row]);
+            let a = &mut w.acts;
+            let mut inputs = recycle(std::mem::take(&mut w.inputs));
+            inputs.extend(batch.iter().enumerate().map(|(b, (seq, _))| DecodeInput {
+                seq: seq.ids[l],
+                query: &a.q[b * q_width..(b + 1) * q_width],
+                key: &a.k[b * kv_width..(b + 1) * kv_width],
+                value: &a.v[b * kv_width..(b + 1) * kv_width],
+            }));
             layer.decode(&inputs, &mut a.attn)?;
             observer(l, layer, &inputs);
-            finish_block(model, block, &mut x, &mut a);
+            w.inputs = recycle(inputs);
+            finish_block(model, block, &mut w.x, &mut w.acts);
         }
         for (seq, _) in batch.iter_mut() {
             seq.len += 1;
         }
-        Ok(model.final_norm(&x))
+        model.final_norm(&w.x, &mut w.hidden);
+        Ok(&w.hidden)
+    }
+
+    /// The logits `[n, vocab]` of the hidden states the last [`decode`](Self::decode)
+    /// returned, into a buffer the runner reuses (empty before the first step).
+    pub fn logits(&mut self) -> &[f32] {
+        let w = &mut self.work;
+        let n = w.hidden.len() / self.model.config.hidden;
+        w.logits.resize(n * self.model.config.vocab, 0.0);
+        linear(&w.hidden, self.model.weights.head(), &mut w.logits, &mut w.acts.scratch);
+        &w.logits
     }
 
     /// Frees a sequence's KV in every layer.
@@ -390,9 +448,9 @@ fn project_qkv(
 ) {
     let c = &model.config;
     rms_norm(x, &block.attn_norm, c.eps, &mut a.normed);
-    linear(&a.normed, &block.wq.w, c.hidden, &mut a.q);
-    linear(&a.normed, &block.wk.w, c.hidden, &mut a.k);
-    linear(&a.normed, &block.wv.w, c.hidden, &mut a.v);
+    linear(&a.normed, &block.wq, &mut a.q, &mut a.scratch);
+    linear(&a.normed, &block.wk, &mut a.k, &mut a.scratch);
+    linear(&a.normed, &block.wv, &mut a.v, &mut a.scratch);
     let kv_width = c.n_kv_heads * c.head_dim;
     let inv_freq = &model.inv_freq;
     a.q.par_chunks_mut(c.hidden).enumerate().for_each(|(row, q)| rope(q, position(row), inv_freq));
@@ -402,13 +460,13 @@ fn project_qkv(
 /// Output projection and residual, then the SwiGLU FFN and residual.
 fn finish_block(model: &Model, block: &Block, x: &mut [f32], a: &mut Activations) {
     let c = &model.config;
-    linear(&a.attn, &block.wo.w, c.hidden, &mut a.proj);
+    linear(&a.attn, &block.wo, &mut a.proj, &mut a.scratch);
     add(x, &a.proj);
     rms_norm(x, &block.ffn_norm, c.eps, &mut a.normed);
-    linear(&a.normed, &block.gate.w, c.hidden, &mut a.gate);
-    linear(&a.normed, &block.up.w, c.hidden, &mut a.up);
+    linear(&a.normed, &block.gate, &mut a.gate, &mut a.scratch);
+    linear(&a.normed, &block.up, &mut a.up, &mut a.scratch);
     swiglu(&mut a.gate, &a.up);
-    linear(&a.gate, &block.down.w, c.ffn, &mut a.proj);
+    linear(&a.gate, &block.down, &mut a.proj, &mut a.scratch);
     add(x, &a.proj);
 }
 

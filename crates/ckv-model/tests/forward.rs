@@ -38,8 +38,8 @@ fn decoded_logits(model: &Model, select: &SelectParams, tokens: &[u32], prompt: 
     let h = model.config().hidden;
     let mut out = vec![model.logits(&hidden[(prompt - 1) * h..])];
     for &t in &tokens[prompt..] {
-        let hidden = runner.decode(&mut [(&mut seq, t)]).unwrap();
-        out.push(model.logits(&hidden));
+        runner.decode(&mut [(&mut seq, t)]).unwrap();
+        out.push(runner.logits().to_vec());
     }
     assert_eq!(seq.len(), tokens.len());
     out
@@ -62,8 +62,10 @@ fn token_by_token_decode_matches_one_prefill() {
         let position = 7 + i;
         let err = rel_err(&all[position * vocab..(position + 1) * vocab], logits);
         // Prefill attention is blocked matrix products, decode a scalar loop: the sums run in
-        // different orders.
-        assert!(err <= 5e-4, "position {position}: relative error {err}");
+        // different orders, and a last-bit difference can move an activation across a
+        // rounding step of its 8-bit quantization (1/254 of its block's largest value), which
+        // the next layers carry: agreement is to the noise of quantizing activations.
+        assert!(err <= 1e-2, "position {position}: relative error {err}");
     }
 }
 
@@ -157,8 +159,8 @@ fn restored_snapshot_decodes_like_its_own_prefill() {
         for &t in more {
             let x = own.decode(&mut [(&mut a, t)]).unwrap();
             let y = restored.decode(&mut [(&mut b, t), (&mut c, t)]).unwrap();
-            assert_eq!(x, y[..x.len()], "{method}: restored decode");
-            assert_eq!(x, y[x.len()..], "{method}: second restored sequence");
+            assert_eq!(*x, y[..x.len()], "{method}: restored decode");
+            assert_eq!(*x, y[x.len()..], "{method}: second restored sequence");
         }
     }
     let other = SelectParams::new(Method::ClusterKv).budget(64).sink(4).window(20).max_context(100);

@@ -113,12 +113,12 @@ fn missing_keys_wrong_types_and_missing_tensors_are_named() {
 
 #[test]
 fn unsupported_tensor_type_is_read_but_not_dequantized() {
-    // Code 12 is Q4_K: the file opens; asking for its values is a clear error.
-    let tensors = vec![("blk.0.ffn_down.weight", vec![256], 12u32, vec![0u8; 144])];
+    // Code 16 is IQ2_XXS: the file opens; asking for its values is a clear error.
+    let tensors = vec![("blk.0.ffn_down.weight", vec![256], 16u32, vec![0u8; 66])];
     let gguf = open(&gguf_bytes(&metadata(), &tensors, 32)).unwrap();
     let err = gguf.dequantize("blk.0.ffn_down.weight").unwrap_err();
-    assert!(matches!(err, GgufError::UnsupportedType { dtype: GgmlType::Other(12), .. }), "{err}");
-    assert!(err.to_string().contains("blk.0.ffn_down.weight") && err.to_string().contains("ggml type 12"));
+    assert!(matches!(err, GgufError::UnsupportedType { dtype: GgmlType::Other(16), .. }), "{err}");
+    assert!(err.to_string().contains("blk.0.ffn_down.weight") && err.to_string().contains("ggml type 16"));
 }
 
 #[test]

@@ -53,3 +53,42 @@ fn default_model_matches_design_section_7() {
         assert!(values.iter().all(|x| x.is_finite()), "{}", t.name);
     }
 }
+
+/// llama.cpp's perplexity of tokens 1024..2048 of Moby-Dick given the first 1024, on the
+/// default model (`llama-perplexity -c 2048 --chunks 1`; DESIGN section 7).
+const LLAMA_CPP_PERPLEXITY: f64 = 36.74;
+
+/// Perplexity of tokens 1024..2048 given the first 1024, prefilled in chunks of `chunk`.
+fn second_half_perplexity(model: &ckv_model::Model, tokens: &[u32], chunk: usize) -> f64 {
+    use ckv_select::{Method, SelectParams};
+    let mut runner = model.runner(&SelectParams::new(Method::Dense), 0).unwrap().with_prefill_chunk(chunk);
+    let (_, hidden) = runner.prefill(&tokens[..2048]).unwrap();
+    let h = model.config().hidden;
+    let logits = model.logits(&hidden[1023 * h..2047 * h]);
+    let vocab = model.config().vocab;
+    let total: f64 =
+        (0..1024).map(|i| ckv_model::nll(&logits[i * vocab..(i + 1) * vocab], tokens[1024 + i])).sum();
+    (total / 1024.0).exp()
+}
+
+/// The quantized products keep the model's perplexity within 1% of llama.cpp's, both where
+/// the weights are dequantized into the sgemm (chunks of 512) and where every product takes
+/// the integer kernels on 8-bit activations (chunks of 32, as a decode batch would).
+#[test]
+fn perplexity_is_within_one_percent_of_llama_cpp() {
+    let (Some(path), Some(text)) = (model_path(), asset("CKV_TEXT", "moby-dick.txt")) else {
+        eprintln!("skipped: no default model or text (run `cargo xtask fetch`)");
+        return;
+    };
+    let gguf = GgufFile::open(&path).unwrap();
+    let model = ckv_model::Model::from_gguf(&gguf).unwrap();
+    let tokens = ckv_model::Tokenizer::from_gguf(&gguf)
+        .unwrap()
+        .encode(&std::fs::read_to_string(text).unwrap())
+        .unwrap();
+    for chunk in [512, 32] {
+        let ppl = second_half_perplexity(&model, &tokens, chunk);
+        eprintln!("prefill chunks of {chunk}: perplexity {ppl:.3} (llama.cpp {LLAMA_CPP_PERPLEXITY})");
+        assert!((ppl / LLAMA_CPP_PERPLEXITY - 1.0).abs() <= 0.01, "chunks of {chunk}: perplexity {ppl}");
+    }
+}

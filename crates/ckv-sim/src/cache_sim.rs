@@ -103,9 +103,9 @@ pub fn cache_sim(
         let mut next = first;
         let mut these = Vec::with_capacity(config.steps);
         for _ in 0..config.steps {
-            let hidden = runner.decode(&mut [(&mut seq, next)])?;
+            runner.decode(&mut [(&mut seq, next)])?;
             these.push(next);
-            next = argmax(&model.logits(&hidden));
+            next = argmax(runner.logits());
             progress.inc(1);
         }
         progress.finish_and_clear();

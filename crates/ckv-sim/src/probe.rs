@@ -246,8 +246,8 @@ fn run_setting(
                 total.samples += sum.samples;
             }
         };
-        let hidden = runner.decode_observed(&mut batch, &mut observer)?;
-        let logits = model.logits(&hidden);
+        runner.decode_observed(&mut batch, &mut observer)?;
+        let logits = runner.logits();
         let vocab = model.config().vocab;
         for (&i, row) in active.iter().zip(logits.chunks_exact(vocab)) {
             let target = step + 1;

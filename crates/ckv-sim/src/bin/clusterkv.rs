@@ -790,8 +790,8 @@ fn generate_command(args: GenerateArgs) -> Result<(), Box<dyn std::error::Error>
             out.flush()?;
             shown = text.len();
         }
-        let hidden = runner.decode(&mut [(&mut seq, next)])?;
-        next = argmax(&model.logits(&hidden));
+        runner.decode(&mut [(&mut seq, next)])?;
+        next = argmax(runner.logits());
     }
     println!();
     let seconds = started.elapsed().as_secs_f64();
