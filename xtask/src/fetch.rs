@@ -208,7 +208,7 @@ pub fn stderr_tail(stderr: &[u8]) -> String {
 }
 
 /// A command line for messages.
-fn render(cmd: &Command) -> String {
+pub(crate) fn render(cmd: &Command) -> String {
     let mut line = cmd.get_program().to_string_lossy().into_owned();
     for arg in cmd.get_args() {
         line.push(' ');
@@ -218,7 +218,7 @@ fn render(cmd: &Command) -> String {
 }
 
 /// `path` relative to the workspace root when inside it (`assets/...`), else as is.
-fn shown(path: &Path) -> String {
+pub(crate) fn shown(path: &Path) -> String {
     path.strip_prefix(assets::workspace_root()).unwrap_or(path).display().to_string()
 }
 

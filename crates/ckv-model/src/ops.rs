@@ -17,9 +17,10 @@ pub(crate) const SMALL_BATCH: usize = 64;
 const GEMV_ROWS: usize = 8;
 /// Output rows per parallel task of a small batch.
 const SMALL_TILE: usize = 16;
-/// Output rows per parallel task of a many-row product: each task dequantizes its rows of
-/// the weights once, into an `f32` tile for the sgemm.
-const LARGE_TILE: usize = 64;
+/// Output rows per parallel task of a many-row product, at most: each task dequantizes its
+/// rows of the weights once, into an `f32` tile for the sgemm, which packs the input rows
+/// once per tile (so tiles are as large as two per thread allow).
+const LARGE_TILE: usize = 256;
 /// Input rows per pass of a many-row product (bounds the scratch).
 const LARGE_ROWS: usize = 512;
 
@@ -67,11 +68,15 @@ fn product(x: &[f32], w: &Matrix, y: &mut [f32], scratch: &mut LinearScratch) {
         _ => None,
     };
     match kernel {
-        Some(DotKernel::Q8(_)) => quantize_q8(x, &mut scratch.q8),
-        Some(DotKernel::Q8K(_)) => quantize_q8k(x, &mut scratch.q8k),
+        Some(DotKernel::Q8 { .. }) => quantize_q8(x, &mut scratch.q8),
+        Some(DotKernel::Q8K { .. }) => quantize_q8k(x, &mut scratch.q8k),
         None => {}
     }
-    let tile = if small { SMALL_TILE } else { LARGE_TILE };
+    let tile = if small {
+        SMALL_TILE
+    } else {
+        out.div_ceil(2 * rayon::current_num_threads()).clamp(SMALL_TILE, LARGE_TILE)
+    };
     // Task t writes its products `[n, rows of tile t]`; with one input row that is `y`.
     let tiles: &mut [f32] = if n == 1 {
         y
@@ -87,11 +92,10 @@ fn product(x: &[f32], w: &Matrix, y: &mut [f32], scratch: &mut LinearScratch) {
             (Some(kernel), Rows::Blocks { bytes, row_bytes, .. }) => {
                 for (i, r) in rows.enumerate() {
                     let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
-                    for b in 0..n {
-                        chunk[b * width + i] = match kernel {
-                            DotKernel::Q8(dot) => dot(row, &q8[b * inp / 32..(b + 1) * inp / 32]),
-                            DotKernel::Q8K(dot) => dot(row, &q8k[b * inp / 256..(b + 1) * inp / 256]),
-                        };
+                    let put = |b: usize, v: f32| chunk[b * width + i] = v;
+                    match kernel {
+                        DotKernel::Q8 { one, four } => dots(row, q8, inp / 32, one, four, put),
+                        DotKernel::Q8K { one, four } => dots(row, q8k, inp / 256, one, four, put),
                     }
                 }
             }
@@ -115,6 +119,31 @@ fn product(x: &[f32], w: &Matrix, y: &mut [f32], scratch: &mut LinearScratch) {
                 y[t * tile..t * tile + width].copy_from_slice(part);
             }
         }
+    }
+}
+
+/// `put(b, row · acts[b])` for every row `b` of `acts` (`per_row` blocks each), four rows at a
+/// time while four remain.
+fn dots<A>(
+    row: &[u8],
+    acts: &[A],
+    per_row: usize,
+    one: fn(&[u8], &[A]) -> f32,
+    four: fn(&[u8], [&[A]; 4]) -> [f32; 4],
+    mut put: impl FnMut(usize, f32),
+) {
+    let n = acts.len() / per_row;
+    let act = |b: usize| &acts[b * per_row..(b + 1) * per_row];
+    let mut b = 0;
+    while b + 4 <= n {
+        let v = four(row, [act(b), act(b + 1), act(b + 2), act(b + 3)]);
+        for (k, v) in v.into_iter().enumerate() {
+            put(b + k, v);
+        }
+        b += 4;
+    }
+    for b in b..n {
+        put(b, one(row, act(b)));
     }
 }
 

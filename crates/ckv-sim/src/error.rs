@@ -45,6 +45,14 @@ pub enum SimError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// llama.cpp's `llama-bench` (the bench's peer) failed, or its output was not understood.
+    #[error("`{command}`: {message}")]
+    Peer {
+        /// The command line run.
+        command: String,
+        /// What went wrong.
+        message: String,
+    },
     /// Drawing a plot failed.
     #[error("cannot draw plot {}: {message}", path.display())]
     Plot {

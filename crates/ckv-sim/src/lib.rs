@@ -49,8 +49,8 @@ mod sweep;
 mod trace;
 
 pub use bench::{
-    BenchConfig, BenchRecord, BenchReport, Flusher, LayerShape, StepTimer, bench_tables, copy_bandwidth,
-    last_level_cache_bytes, run_bench,
+    BenchConfig, BenchRecord, BenchReport, Flusher, LLAMA_CPP, LayerShape, Peer, StepTimer, bench_tables,
+    copy_bandwidth, last_level_cache_bytes, run_bench,
 };
 #[cfg(feature = "cuda")]
 pub use bench::{GpuBenchConfig, GpuBenchReport, gpu_bench_tables, run_gpu_bench};

@@ -5,13 +5,31 @@ use super::GgmlType;
 use super::blocks::{half_at, k4, k4_scales, k4_value, k6, q5_high, q5_pair, q6_value};
 use super::q8::{Q8Block, Q8KBlock};
 
-/// A weight row's dot product with one row of activations quantized for it.
+/// A weight row's dot products with rows of activations quantized for it: `one` row, or
+/// `four` at once (the weight blocks unpacked once for the four).
 #[derive(Debug, Clone, Copy)]
 pub enum DotKernel {
     /// Reads activations in blocks of 32 (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0).
-    Q8(fn(&[u8], &[Q8Block]) -> f32),
+    Q8 {
+        /// One row.
+        one: fn(&[u8], &[Q8Block]) -> f32,
+        /// Four rows.
+        four: fn(&[u8], [&[Q8Block]; 4]) -> [f32; 4],
+    },
     /// Reads activations in super-blocks of 256 (Q4_K, Q5_K, Q6_K).
-    Q8K(fn(&[u8], &[Q8KBlock]) -> f32),
+    Q8K {
+        /// One row.
+        one: fn(&[u8], &[Q8KBlock]) -> f32,
+        /// Four rows.
+        four: fn(&[u8], [&[Q8KBlock]; 4]) -> [f32; 4],
+    },
+}
+
+/// A portable kernel pair from its one-row form.
+macro_rules! portable {
+    ($variant:ident, $f:ident) => {
+        DotKernel::$variant { one: $f, four: |w, a| a.map(|a| $f(w, a)) }
+    };
 }
 
 impl DotKernel {
@@ -28,14 +46,14 @@ impl DotKernel {
     /// The portable kernel of `dtype`.
     pub fn portable(dtype: GgmlType) -> Option<Self> {
         Some(match dtype {
-            GgmlType::Q4_0 => DotKernel::Q8(q4_0),
-            GgmlType::Q4_1 => DotKernel::Q8(q4_1),
-            GgmlType::Q5_0 => DotKernel::Q8(q5_0),
-            GgmlType::Q5_1 => DotKernel::Q8(q5_1),
-            GgmlType::Q8_0 => DotKernel::Q8(q8_0),
-            GgmlType::Q4_K => DotKernel::Q8K(q4_k),
-            GgmlType::Q5_K => DotKernel::Q8K(q5_k),
-            GgmlType::Q6_K => DotKernel::Q8K(q6_k),
+            GgmlType::Q4_0 => portable!(Q8, q4_0),
+            GgmlType::Q4_1 => portable!(Q8, q4_1),
+            GgmlType::Q5_0 => portable!(Q8, q5_0),
+            GgmlType::Q5_1 => portable!(Q8, q5_1),
+            GgmlType::Q8_0 => portable!(Q8, q8_0),
+            GgmlType::Q4_K => portable!(Q8K, q4_k),
+            GgmlType::Q5_K => portable!(Q8K, q5_k),
+            GgmlType::Q6_K => portable!(Q8K, q6_k),
             _ => return None,
         })
     }

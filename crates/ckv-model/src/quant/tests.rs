@@ -95,12 +95,12 @@ fn dequantized(dtype: GgmlType, bytes: &[u8], len: usize) -> Vec<f32> {
 /// The activations a kernel sees: `x` quantized as `kernel` reads it, dequantized.
 fn seen(kernel: DotKernel, x: &[f32]) -> Vec<f32> {
     match kernel {
-        DotKernel::Q8(_) => {
+        DotKernel::Q8 { .. } => {
             let mut q = Vec::new();
             quantize_q8(x, &mut q);
             q.iter().flat_map(|b| b.qs.map(|v| v as f32 * b.d)).collect()
         }
-        DotKernel::Q8K(_) => {
+        DotKernel::Q8K { .. } => {
             let mut q = Vec::new();
             quantize_q8k(x, &mut q);
             q.iter().flat_map(|b| b.qs.map(|v| v as f32 * b.d)).collect()
@@ -132,20 +132,27 @@ proptest! {
             let w = dequantized(dtype, &row, len);
             for kernel in [DotKernel::of(dtype).unwrap(), DotKernel::portable(dtype).unwrap()] {
                 let (want, magnitude) = reference(&w, &seen(kernel, &x));
-                let got = match kernel {
-                    DotKernel::Q8(dot) => {
-                        let mut q = Vec::new();
+                let tol = 1e-5 * magnitude + 1e-30;
+                // The four-row form, with `x` in one of its slots and other rows beside it.
+                let others: Vec<f32> = (0..3 * len).map(|i| ((i * 7) % 13) as f32 - 6.0).collect();
+                let (got, four) = match kernel {
+                    DotKernel::Q8 { one, four } => {
+                        let (mut q, mut o) = (Vec::new(), Vec::new());
                         quantize_q8(&x, &mut q);
-                        dot(&row, &q)
+                        quantize_q8(&others, &mut o);
+                        let o: Vec<_> = o.chunks(blocks * per_block / 32).collect();
+                        (one(&row, &q), four(&row, [o[0], o[1], &q, o[2]])[2])
                     }
-                    DotKernel::Q8K(dot) => {
-                        let mut q = Vec::new();
+                    DotKernel::Q8K { one, four } => {
+                        let (mut q, mut o) = (Vec::new(), Vec::new());
                         quantize_q8k(&x, &mut q);
-                        dot(&row, &q)
+                        quantize_q8k(&others, &mut o);
+                        let o: Vec<_> = o.chunks(blocks * per_block / 256).collect();
+                        (one(&row, &q), four(&row, [o[0], o[1], &q, o[2]])[2])
                     }
                 };
-                let tol = 1e-5 * magnitude + 1e-30;
                 prop_assert!(((got as f64) - want).abs() <= tol, "{dtype}: {got} vs {want} (±{tol})");
+                prop_assert!(((four as f64) - want).abs() <= tol, "{dtype} (four rows): {four} vs {want} (±{tol})");
             }
         }
     }
@@ -158,7 +165,7 @@ proptest! {
         seed in any::<u64>(),
         blocks in 1usize..4,
         out in 1usize..40,
-        n in prop::sample::select(vec![1usize, 2, 7, 9, 64, 65]),
+        n in prop::sample::select(vec![1usize, 2, 4, 7, 9, 64, 65]),
     ) {
         let mut rng = Rng(seed | 1);
         for dtype in QUANTIZED.into_iter().chain([GgmlType::F32, GgmlType::F16, GgmlType::BF16]) {

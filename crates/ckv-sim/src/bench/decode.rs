@@ -221,6 +221,7 @@ fn sweep_context(
     let dense_s = median_time(config.reps, flush, || dense_step(&mut heads, shape));
     let dense_bytes = shape.n_kv_heads * (context + 1) * 2 * d * 2;
     let record = |method: String, budget: Option<usize>, median_s: f64, bytes: usize| BenchRecord {
+        batch: None,
         case: "decode_step".into(),
         method,
         context,

@@ -180,6 +180,7 @@ pub fn run_gpu_bench(gpu: &Gpu, config: &GpuBenchConfig) -> Result<GpuBenchRepor
     let bandwidth = 2.0 * COPY_BYTES as f64 / copy_s;
     info!(device = gpu.describe(), copy_gb_per_s = bandwidth / 1e9, "GPU memory bandwidth");
     let mut records = vec![BenchRecord {
+        batch: None,
         case: "memory_copy".into(),
         method: "copy".into(),
         context: 0,
@@ -193,6 +194,7 @@ pub fn run_gpu_bench(gpu: &Gpu, config: &GpuBenchConfig) -> Result<GpuBenchRepor
     let record =
         |case: &str, method: String, context, budget, median_s: f64, dense: Option<f64>, bytes: f64| {
             BenchRecord {
+                batch: None,
                 case: case.into(),
                 method,
                 context,
@@ -296,6 +298,7 @@ fn clustering_case(gpu: &Gpu, config: &GpuBenchConfig, flush: &mut L2Flush) -> R
     })?;
     info!(context, clusters = k, iterations, ms = seconds * 1e3, "GPU clustering");
     Ok(BenchRecord {
+        batch: None,
         case: "clustering".into(),
         method: format!("kmeans/{} heads/{k} clusters/{iterations} iterations", config.shape.n_kv_heads),
         context,

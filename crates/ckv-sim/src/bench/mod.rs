@@ -15,6 +15,7 @@ mod e2e;
 #[cfg(feature = "cuda")]
 mod gpu;
 mod memory;
+pub mod peer;
 mod prefill;
 
 use std::fmt::Write as _;
@@ -26,6 +27,7 @@ use tracing::info;
 use crate::SimError;
 
 pub use decode::StepTimer;
+pub use e2e::{LLAMA_CPP, Peer};
 #[cfg(feature = "cuda")]
 pub use gpu::{GpuBenchConfig, GpuBenchReport, gpu_bench_tables, run_gpu_bench};
 pub use memory::{Flusher, copy_bandwidth, last_level_cache_bytes};
@@ -87,6 +89,8 @@ pub struct BenchConfig {
     pub e2e_contexts: Vec<usize>,
     /// Tokens decoded per end-to-end run.
     pub e2e_tokens: usize,
+    /// Sequences decoded together in the end-to-end case, one run per batch size.
+    pub e2e_batches: Vec<usize>,
     /// ClusterKV's budget in the end-to-end case.
     pub e2e_budget: usize,
     /// Leading layers of the real model that stay dense.
@@ -114,6 +118,7 @@ impl BenchConfig {
             tokens_per_cluster: 80,
             e2e_contexts: vec![4096, 8192],
             e2e_tokens: 32,
+            e2e_batches: vec![1, 4, 16],
             e2e_budget: 1024,
             dense_layers: 2,
             seed: 0,
@@ -131,6 +136,7 @@ impl BenchConfig {
             cluster_reps: 1,
             e2e_contexts: vec![520],
             e2e_tokens: 8,
+            e2e_batches: vec![1, 2],
             e2e_budget: 256,
             ..Self::full()
         }
@@ -165,6 +171,9 @@ impl BenchConfig {
         if self.tokens_per_cluster == 0 || self.index_iters == 0 {
             return bad("clustering", format!("{self:?}"), "tokens per cluster and iterations >= 1");
         }
+        if let Some(&batch) = self.e2e_batches.iter().find(|&&b| b == 0) {
+            return bad("e2e batch", batch.to_string(), "at least 1 sequence");
+        }
         ckv_select::SelectParams::default().budget(self.e2e_budget).validate()?;
         Ok(())
     }
@@ -181,7 +190,10 @@ pub struct BenchRecord {
     pub context: usize,
     /// Token budget, for sparse methods.
     pub budget: Option<usize>,
-    /// Median seconds of one run (one step, one prefill, one token).
+    /// Sequences decoded together (the end-to-end case).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<usize>,
+    /// Median seconds of one run (one step, one prefill, one decode step of the batch).
     pub median_s: f64,
     /// Dense's median over this one's, in the same case and context: the speed-up.
     pub ratio_to_dense: Option<f64>,
@@ -206,8 +218,13 @@ pub struct BenchReport {
     pub records: Vec<BenchRecord>,
 }
 
-/// Runs the whole protocol; the end-to-end case when a model and a tokenized text are given.
-pub fn run_bench(config: &BenchConfig, model: Option<(&Model, &[u32])>) -> Result<BenchReport, SimError> {
+/// Runs the whole protocol; the end-to-end case when a model and a tokenized text are given,
+/// with llama.cpp's row beside it when `peer` is given.
+pub fn run_bench(
+    config: &BenchConfig,
+    model: Option<(&Model, &[u32])>,
+    peer: Option<&Peer>,
+) -> Result<BenchReport, SimError> {
     config.validate()?;
     if let Some((model, tokens)) = model {
         e2e::check_e2e(config, model, tokens)?;
@@ -233,6 +250,7 @@ pub fn run_bench(config: &BenchConfig, model: Option<(&Model, &[u32])>) -> Resul
         method: case.trim_start_matches("memory_").into(),
         context: 0,
         budget: None,
+        batch: None,
         median_s,
         ratio_to_dense: None,
         bandwidth_share: Some(share),
@@ -245,7 +263,7 @@ pub fn run_bench(config: &BenchConfig, model: Option<(&Model, &[u32])>) -> Resul
     drop(flusher);
     records.extend(prefill::prefill_case(config)?);
     if let Some((model, tokens)) = model {
-        records.extend(e2e::e2e_decode(config, model, tokens)?);
+        records.extend(e2e::e2e_decode(config, model, tokens, peer)?);
     }
     Ok(BenchReport {
         bandwidth,
@@ -298,10 +316,45 @@ pub fn bench_tables(report: &BenchReport) -> String {
     for (case, title, unit) in [
         ("decode_step", "Decode step, one layer (Hq 32, Hkv 8, d 128, f16), batch 1", "ms"),
         ("prefill", "Prefill: dense causal attention and clustering", "s"),
-        ("e2e_decode", "End-to-end decode, real model, batch 1", "ms/token"),
     ] {
         let rows: Vec<&BenchRecord> = report.records.iter().filter(|r| r.case == case).collect();
         case_table(&mut out, &rows, title, unit);
     }
+    e2e_table(&mut out, &report.records);
     out
+}
+
+/// Appends the end-to-end table: per context and batch, each method's step time, tokens/s,
+/// and its speed over our dense and over llama.cpp (batch 1, when it ran).
+fn e2e_table(out: &mut String, records: &[BenchRecord]) {
+    let rows: Vec<&BenchRecord> = records.iter().filter(|r| r.case == "e2e_decode").collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "End-to-end decode, real model (tokens/s = batch / step time)\n");
+    let _ = writeln!(
+        out,
+        "| method | context | batch | budget | ms/step | tokens/s | x our dense | x llama.cpp |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    for r in &rows {
+        let batch = r.batch.unwrap_or(1);
+        let peer = rows
+            .iter()
+            .find(|p| p.method == LLAMA_CPP && p.context == r.context && p.batch == Some(batch))
+            .map(|p| batch as f64 * p.median_s / r.median_s);
+        let ratio = |x: Option<f64>| x.map_or("-".to_owned(), |x| format!("{x:.2}"));
+        let _ = writeln!(
+            out,
+            "| {} | {} | {batch} | {} | {:.1} | {:.1} | {} | {} |",
+            r.method,
+            r.context,
+            r.budget.map_or("-".to_owned(), |b| b.to_string()),
+            r.median_s * 1e3,
+            batch as f64 / r.median_s,
+            ratio(r.ratio_to_dense),
+            ratio(peer),
+        );
+    }
+    out.push('\n');
 }

@@ -72,6 +72,7 @@ pub fn prefill_case(config: &BenchConfig) -> Result<Vec<BenchRecord>, SimError> 
         "prefill clustering"
     );
     let record = |method: &str, median_s: f64| BenchRecord {
+        batch: None,
         case: "prefill".into(),
         method: method.into(),
         context: p,

@@ -215,6 +215,14 @@ struct BenchArgs {
     /// Tokens decoded per end-to-end run (default: by mode).
     #[arg(long)]
     e2e_tokens: Option<usize>,
+    /// Batch sizes of the end-to-end case, comma separated (default: 1,4,16; quick: 1,2).
+    #[arg(long, value_delimiter = ',')]
+    e2e_batches: Vec<usize>,
+    /// llama.cpp's `llama-bench` program (`cargo xtask peer` builds it into
+    /// target/peer/build/bin): runs it on the same model at the end-to-end depths and prints
+    /// its row beside ours.
+    #[arg(long, value_name = "PATH")]
+    llama_cpp: Option<PathBuf>,
     /// Skip the end-to-end case (no model or text needed).
     #[arg(long)]
     no_model: bool,
@@ -442,6 +450,9 @@ fn bench_command(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     if !args.e2e_contexts.is_empty() {
         config.e2e_contexts = args.e2e_contexts;
     }
+    if !args.e2e_batches.is_empty() {
+        config.e2e_batches = args.e2e_batches;
+    }
     config.reps = args.reps.unwrap_or(config.reps);
     config.flush = !args.no_flush;
     config.prefill_context = args.prefill_context.unwrap_or(config.prefill_context);
@@ -449,6 +460,24 @@ fn bench_command(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     config.dense_layers = args.model.dense_layers;
     config.seed = args.seed;
     config.validate()?;
+    let peer = match args.llama_cpp {
+        Some(llama_bench) if args.no_model => {
+            return Err(format!(
+                "--llama-cpp {} needs the end-to-end case: drop --no-model",
+                llama_bench.display()
+            )
+            .into());
+        }
+        Some(llama_bench) if !llama_bench.is_file() => {
+            return Err(format!(
+                "--llama-cpp {}: no such program (`cargo xtask peer` builds it)",
+                llama_bench.display()
+            )
+            .into());
+        }
+        Some(llama_bench) => Some(ckv_sim::Peer { llama_bench, model: args.model.model.clone() }),
+        None => None,
+    };
     let real = if args.no_model {
         None
     } else {
@@ -456,7 +485,7 @@ fn bench_command(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         let tokens = read_text(&args.text, &tokenizer)?;
         Some((model, tokens))
     };
-    let report = run_bench(&config, real.as_ref().map(|(m, t)| (m, t.as_slice())))?;
+    let report = run_bench(&config, real.as_ref().map(|(m, t)| (m, t.as_slice())), peer.as_ref())?;
     println!("{}", bench_tables(&report));
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report.records)?)
