@@ -58,15 +58,19 @@ fn token_by_token_decode_matches_one_prefill() {
     let all = model.logits(&hidden);
     let vocab = model.config().vocab;
     let decoded = decoded_logits(model, &dense, &tokens, 8);
-    for (i, logits) in decoded.iter().enumerate() {
-        let position = 7 + i;
-        let err = rel_err(&all[position * vocab..(position + 1) * vocab], logits);
-        // Prefill attention is blocked matrix products, decode a scalar loop: the sums run in
-        // different orders, and a last-bit difference can move an activation across a
-        // rounding step of its 8-bit quantization (1/254 of its block's largest value), which
-        // the next layers carry: agreement is to the noise of quantizing activations.
-        assert!(err <= 1e-2, "position {position}: relative error {err}");
-    }
+    // Prefill attention is blocked matrix products, decode a scalar loop: the sums run in
+    // different orders, and a last-bit difference can move an activation across a rounding
+    // step of its 8-bit quantization (1/254 of its block's largest value), which the next
+    // layers carry. Agreement is to the noise of quantizing activations: measured 0.5-3 %
+    // per position over these 17 (a broken decode is off by the logits' whole size).
+    let errors: Vec<f64> = decoded
+        .iter()
+        .enumerate()
+        .map(|(i, logits)| rel_err(&all[(7 + i) * vocab..(8 + i) * vocab], logits))
+        .collect();
+    assert_eq!(errors[0], 0.0, "the prefill's last position is the prefill's own");
+    let mean = errors.iter().sum::<f64>() / errors.len() as f64;
+    assert!(errors.iter().all(|&e| e <= 5e-2) && mean <= 1.5e-2, "relative errors {errors:?}");
 }
 
 #[test]
