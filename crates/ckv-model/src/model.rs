@@ -94,9 +94,9 @@ impl Model {
         self.weights.types()
     }
 
-    fn check_tokens(&self, tokens: &[u32]) -> Result<(), ModelError> {
-        match tokens.iter().find(|&&t| t as usize >= self.config.vocab) {
-            Some(&id) => Err(ModelError::TokenOutOfRange { id, vocab: self.config.vocab }),
+    fn check_tokens(&self, tokens: impl IntoIterator<Item = u32>) -> Result<(), ModelError> {
+        match tokens.into_iter().find(|&t| t as usize >= self.config.vocab) {
+            Some(id) => Err(ModelError::TokenOutOfRange { id, vocab: self.config.vocab }),
             None => Ok(()),
         }
     }
@@ -309,7 +309,7 @@ impl Runner<'_> {
     /// prefill. On error they are removed.
     fn prefill_chunks(&mut self, tokens: &[u32]) -> Result<(Vec<SeqId>, Vec<f32>), ModelError> {
         let model = self.model;
-        model.check_tokens(tokens)?;
+        model.check_tokens(tokens.iter().copied())?;
         let c = &model.config;
         let mut ids = Vec::with_capacity(self.layers.len());
         for layer in &mut self.layers {
@@ -387,9 +387,7 @@ impl Runner<'_> {
     ) -> Result<&[f32], ModelError> {
         let model = self.model;
         let c = &model.config;
-        if let Some(&(_, id)) = batch.iter().find(|(_, t)| *t as usize >= c.vocab) {
-            return Err(ModelError::TokenOutOfRange { id, vocab: c.vocab });
-        }
+        model.check_tokens(batch.iter().map(|(_, t)| *t))?;
         let (q_width, kv_width) = (c.hidden, c.n_kv_heads * c.head_dim);
         let w = &mut self.work;
         w.positions.clear();

@@ -47,22 +47,23 @@ pub(crate) fn linear(x: &[f32], w: &Matrix, y: &mut [f32], scratch: &mut LinearS
     let (inp, out) = (w.inp, w.out);
     let n = x.len() / inp;
     if n <= SMALL_BATCH {
-        product(x, w, &mut y[..n * out], scratch);
+        product(x, w, &mut y[..n * out], true, scratch);
     } else {
+        // Every pass takes the many-row path, the last and shortest too: a row's products do
+        // not depend on how many rows came with it.
         for (x, y) in x.chunks(LARGE_ROWS * inp).zip(y.chunks_mut(LARGE_ROWS * out)) {
-            product(x, w, y, scratch);
+            product(x, w, y, false, scratch);
         }
     }
 }
 
-/// One pass of [`linear`].
-fn product(x: &[f32], w: &Matrix, y: &mut [f32], scratch: &mut LinearScratch) {
+/// One pass of [`linear`]: the small-batch path when `small`, else the many-row one.
+fn product(x: &[f32], w: &Matrix, y: &mut [f32], small: bool, scratch: &mut LinearScratch) {
     let (inp, out) = (w.inp, w.out);
     let n = x.len() / inp;
     if n == 0 {
         return;
     }
-    let small = n <= SMALL_BATCH;
     let kernel = match &w.rows {
         Rows::Blocks { kernel: Some(kernel), .. } if small => Some(*kernel),
         _ => None,

@@ -274,13 +274,22 @@ pub fn run_bench(
     })
 }
 
+/// `x` with `digits` decimals, or `-`.
+fn optional(x: Option<f64>, digits: usize) -> String {
+    x.map_or("-".to_owned(), |x| format!("{x:.digits$}"))
+}
+
+/// A record's budget, or `-`.
+fn budget(r: &BenchRecord) -> String {
+    r.budget.map_or("-".to_owned(), |b| b.to_string())
+}
+
 /// Appends the table of one case's records (nothing for none): `unit` is `s`, `ms` or
 /// `ms/token`.
 fn case_table(out: &mut String, rows: &[&BenchRecord], title: &str, unit: &str) {
     if rows.is_empty() {
         return;
     }
-    let optional = |x: Option<f64>, digits: usize| x.map_or("-".to_owned(), |x| format!("{x:.digits$}"));
     let _ = writeln!(out, "{title}\n");
     let _ = writeln!(out, "| method | context | budget | median {unit} | x dense | bandwidth share |");
     let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
@@ -291,7 +300,7 @@ fn case_table(out: &mut String, rows: &[&BenchRecord], title: &str, unit: &str) 
             "| {} | {} | {} | {:.3} | {} | {} |",
             r.method,
             r.context,
-            r.budget.map_or("-".to_owned(), |b| b.to_string()),
+            budget(r),
             time,
             optional(r.ratio_to_dense, 2),
             optional(r.bandwidth_share, 2),
@@ -343,17 +352,16 @@ fn e2e_table(out: &mut String, records: &[BenchRecord]) {
             .iter()
             .find(|p| p.method == LLAMA_CPP && p.context == r.context && p.batch == Some(batch))
             .map(|p| batch as f64 * p.median_s / r.median_s);
-        let ratio = |x: Option<f64>| x.map_or("-".to_owned(), |x| format!("{x:.2}"));
         let _ = writeln!(
             out,
             "| {} | {} | {batch} | {} | {:.1} | {:.1} | {} | {} |",
             r.method,
             r.context,
-            r.budget.map_or("-".to_owned(), |b| b.to_string()),
+            budget(r),
             r.median_s * 1e3,
             batch as f64 / r.median_s,
-            ratio(r.ratio_to_dense),
-            ratio(peer),
+            optional(r.ratio_to_dense, 2),
+            optional(peer, 2),
         );
     }
     out.push('\n');
