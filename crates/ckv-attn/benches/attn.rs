@@ -28,6 +28,7 @@ use ckv_attn::{
     DecodeInput, LayerPipeline, PipelineConfig, PrefillInput, PrefillSnapshot, SeqId, ValidPipelineConfig,
     dense_attention, sparse_attention,
 };
+use ckv_core::ParamGuard;
 use ckv_select::{Method, SelectParams};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use half::f16;

@@ -3,7 +3,11 @@
 //! every id is bitwise the dense step. The query rows of a group share one read of the
 //! rows (the GQA group of a KV head, when they attend to the same ids).
 
-use ckv_cluster::{Element, score_rows, softmax, weigh_rows};
+use ckv_core::{Element, ParamError, ValueError, score_rows, softmax, weigh_rows};
+use ndarray::{Array2, ArrayView2};
+
+use crate::AttnError;
+use crate::pipeline::standard;
 
 /// Attention of the `g` query rows of `queries` (`[g, d]`) over the key/value rows `rows`
 /// of `keys` and `values` (`[_, d]` each): for each query row an exact, numerically stable
@@ -65,6 +69,92 @@ pub fn sparse_attention<E: Element>(
     out: &mut [f32],
 ) {
     attend_rows(queries, d, keys, values, ids.iter().map(|&i| i as usize), scale, probs, out);
+}
+
+/// [`dense_attention`] on `ndarray` views: the query rows `queries` `[g, d]` over every row
+/// of `keys` and `values` (`[n, d]` each, f16 or f32), all in standard (row-major,
+/// contiguous) layout, read in place. Returns the outputs `[g, d]`, bitwise those of the
+/// slice form. Values are not checked (the pipeline checks them when they are stored).
+///
+/// ```
+/// use ckv_attn::dense_attention_view;
+/// use half::f16;
+/// use ndarray::{Array2, array};
+///
+/// let keys = Array2::from_shape_fn((5, 2), |(i, j)| f16::from_f32((i + j) as f32 / 4.0));
+/// let values = Array2::from_shape_fn((5, 2), |(i, j)| f16::from_f32(if j == 0 { i as f32 } else { 1.0 }));
+/// let out = dense_attention_view(array![[1.0f32, 0.0]].view(), keys.view(), values.view(), 1.0)?;
+/// assert_eq!(out.dim(), (1, 2));
+/// assert_eq!(out[[0, 1]], 1.0); // the weights sum to 1
+/// # Ok::<(), ckv_attn::AttnError>(())
+/// ```
+///
+/// # Errors
+/// [`AttnError::Param`] if `d == 0`; [`AttnError::Value`] with
+/// [`ViewShape`](ValueError::ViewShape) if `keys` is not `[_, d]` or `values` not the shape
+/// of `keys`, or [`NotContiguous`](ValueError::NotContiguous), naming the view.
+pub fn dense_attention_view<E: Element>(
+    queries: ArrayView2<'_, f32>,
+    keys: ArrayView2<'_, E>,
+    values: ArrayView2<'_, E>,
+    scale: f32,
+) -> Result<Array2<f32>, AttnError> {
+    let (q, d, k, v) = attention_views(&queries, &keys, &values)?;
+    let mut out = Array2::zeros(queries.raw_dim());
+    let slice = out.as_slice_mut().expect("a new array is in standard layout");
+    dense_attention(q, d, k, v, scale, &mut Vec::new(), slice);
+    Ok(out)
+}
+
+/// [`sparse_attention`] on `ndarray` views (see [`dense_attention_view`]): the query rows
+/// `queries` `[g, d]` over the rows `ids` of `keys` and `values` only. Returns the outputs
+/// `[g, d]`, bitwise those of the slice form.
+///
+/// # Errors
+/// Those of [`dense_attention_view`], and [`AttnError::Param`] (name `"ids"`) for the first
+/// id that is not a row of `keys`.
+pub fn sparse_attention_view<E: Element>(
+    queries: ArrayView2<'_, f32>,
+    keys: ArrayView2<'_, E>,
+    values: ArrayView2<'_, E>,
+    ids: &[u32],
+    scale: f32,
+) -> Result<Array2<f32>, AttnError> {
+    let (q, d, k, v) = attention_views(&queries, &keys, &values)?;
+    let n = keys.nrows();
+    if let Some((at, id)) = ids.iter().enumerate().find(|&(_, &id)| id as usize >= n) {
+        return Err(ParamError::new("ids", format!("{id} (at {at})"), format!("row ids below {n}")).into());
+    }
+    let mut out = Array2::zeros(queries.raw_dim());
+    let slice = out.as_slice_mut().expect("a new array is in standard layout");
+    sparse_attention(q, d, k, v, ids, scale, &mut Vec::new(), slice);
+    Ok(out)
+}
+
+/// The checked slices of the views of an attention call, and `d`.
+type Views<'a, E> = (&'a [f32], usize, &'a [E], &'a [E]);
+
+/// Checks the views of an attention call: `queries` `[g, d]`, `keys` `[n, d]`, `values` the
+/// shape of `keys`, `d >= 1`, all in standard layout.
+fn attention_views<'a, E>(
+    queries: &ArrayView2<'a, f32>,
+    keys: &ArrayView2<'a, E>,
+    values: &ArrayView2<'a, E>,
+) -> Result<Views<'a, E>, AttnError> {
+    let d = queries.ncols();
+    if d == 0 {
+        return Err(ParamError::zero_dim().into());
+    }
+    let shape = |what, view: &[usize], expected: [usize; 2]| {
+        if view == expected {
+            Ok(())
+        } else {
+            Err(ValueError::ViewShape { what, expected: expected.to_vec(), given: view.to_vec() })
+        }
+    };
+    shape("keys", keys.shape(), [keys.nrows(), d])?;
+    shape("values", values.shape(), [keys.nrows(), d])?;
+    Ok((standard("queries", queries)?, d, standard("keys", keys)?, standard("values", values)?))
 }
 
 /// The selections of one GQA group at one step, as [`select_group`](ckv_select::select_group)
@@ -350,6 +440,76 @@ mod tests {
                 proptest::prop_assert_eq!(&seen[j].1, &p1);
             }
         }
+    }
+
+    proptest::proptest! {
+        /// The view forms give bitwise the outputs of the slice forms, f16 and f32 rows.
+        #[test]
+        fn views_equal_slices(
+            g in 1usize..6,
+            d in 1usize..20,
+            total in 1usize..50,
+            picks in proptest::collection::vec(0usize..1000, 0..40),
+            seed in 0usize..1000,
+        ) {
+            let (q, keys, values) = group_data(g, d, total, seed);
+            fn view(rows: &[half::f16], total: usize, d: usize) -> ndarray::ArrayView2<'_, half::f16> {
+                ndarray::ArrayView2::from_shape((total, d), rows).unwrap()
+            }
+            let q_view = ndarray::ArrayView2::from_shape((g, d), &q[..]).unwrap();
+            let (mut probs, mut out) = (Vec::new(), vec![0.0f32; g * d]);
+            dense_attention(&q, d, &keys, &values, 0.3, &mut probs, &mut out);
+            let got = dense_attention_view(q_view, view(&keys, total, d), view(&values, total, d), 0.3).unwrap();
+            proptest::prop_assert_eq!(got.as_slice().unwrap(), &out[..]);
+            let ids: Vec<u32> = picks.iter().map(|&p| (p % total) as u32).collect();
+            sparse_attention(&q, d, &keys, &values, &ids, 0.3, &mut probs, &mut out);
+            let got = sparse_attention_view(q_view, view(&keys, total, d), view(&values, total, d), &ids, 0.3).unwrap();
+            proptest::prop_assert_eq!(got.as_slice().unwrap(), &out[..]);
+            let wide = |rows: &[half::f16]| -> Vec<f32> { rows.iter().map(|v| v.to_f32()).collect() };
+            let (k32, v32) = (wide(&keys), wide(&values));
+            dense_attention(&q, d, &k32, &v32, 0.3, &mut probs, &mut out);
+            let k32_view = ndarray::ArrayView2::from_shape((total, d), &k32[..]).unwrap();
+            let v32_view = ndarray::ArrayView2::from_shape((total, d), &v32[..]).unwrap();
+            let got = dense_attention_view(q_view, k32_view, v32_view, 0.3).unwrap();
+            proptest::prop_assert_eq!(got.as_slice().unwrap(), &out[..]);
+        }
+    }
+
+    #[test]
+    fn views_of_the_wrong_shape_or_layout_are_errors() {
+        use ndarray::{Array2, s};
+        let (q, k, v) =
+            (Array2::<f32>::ones((2, 4)), Array2::<f32>::ones((6, 4)), Array2::<f32>::ones((6, 4)));
+        let shape = |what, expected: &[usize], given: &[usize]| {
+            Err(AttnError::Value(ValueError::ViewShape {
+                what,
+                expected: expected.to_vec(),
+                given: given.to_vec(),
+            }))
+        };
+        let k3 = Array2::<f32>::ones((6, 3));
+        assert_eq!(dense_attention_view(q.view(), k3.view(), v.view(), 1.0), shape("keys", &[6, 4], &[6, 3]));
+        let v5 = Array2::<f32>::ones((5, 4));
+        assert_eq!(
+            dense_attention_view(q.view(), k.view(), v5.view(), 1.0),
+            shape("values", &[6, 4], &[5, 4])
+        );
+        let err =
+            dense_attention_view(q.view(), k.slice(s![..;2, ..]), v.slice(s![..;2, ..]), 1.0).unwrap_err();
+        let want = ValueError::NotContiguous { what: "keys", shape: vec![3, 4], strides: vec![8, 1] };
+        assert_eq!(err, AttnError::Value(want));
+        let qt = Array2::<f32>::ones((4, 4));
+        let err = dense_attention_view(qt.t(), k.view(), v.view(), 1.0).unwrap_err();
+        assert!(
+            matches!(err, AttnError::Value(ValueError::NotContiguous { what: "queries", .. })),
+            "{err:?}"
+        );
+        let err = sparse_attention_view(q.view(), k.view(), v.view(), &[0, 5, 6], 1.0).unwrap_err();
+        assert!(matches!(err, AttnError::Param(ParamError { name: "ids", .. })), "{err:?}");
+        assert!(err.to_string().contains("6 (at 2)") && err.to_string().contains("below 6"), "{err}");
+        let empty = Array2::<f32>::zeros((2, 0));
+        let err = dense_attention_view(empty.view(), empty.view(), empty.view(), 1.0).unwrap_err();
+        assert_eq!(err, AttnError::Param(ParamError::zero_dim()));
     }
 
     #[test]

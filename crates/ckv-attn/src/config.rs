@@ -1,6 +1,7 @@
 //! The configuration of one layer's decode pipeline, validated once.
 
 use ckv_cache::OffloadParams;
+use ckv_core::ParamGuard;
 use ckv_select::{Method, SelectParams, ValidSelectParams};
 
 use crate::AttnError;
@@ -55,13 +56,19 @@ impl PipelineConfig {
         self.scale = Some(scale);
         self
     }
+}
 
-    /// Checks the configuration.
-    pub fn validate(self) -> Result<ValidPipelineConfig, AttnError> {
-        let bad = |name: &'static str, value: String, expected: String| AttnError::InvalidConfig {
-            name,
-            value,
-            expected,
+impl ParamGuard for PipelineConfig {
+    type Checked = ValidPipelineConfig;
+    type Error = AttnError;
+
+    fn check_ref(&self) -> Result<(), AttnError> {
+        self.clone().validate().map(drop)
+    }
+
+    fn validate(self) -> Result<ValidPipelineConfig, AttnError> {
+        let bad = |name: &'static str, value: String, expected: String| {
+            AttnError::from(ckv_core::ParamError::new(name, value, expected))
         };
         if self.head_dim == 0 {
             return Err(bad("head_dim", "0".into(), "at least 1".into()));
@@ -140,7 +147,7 @@ mod tests {
     fn validation_names_the_bad_value() {
         let sel = SelectParams::default();
         let err = PipelineConfig::new(6, 4, 8, sel.clone()).validate().unwrap_err();
-        assert!(matches!(err, AttnError::InvalidConfig { name: "n_q_heads", .. }), "{err}");
+        assert!(matches!(err, AttnError::Param(ckv_core::ParamError { name: "n_q_heads", .. })), "{err}");
         assert!(err.to_string().contains("n_q_heads = 6"), "{err}");
         assert!(PipelineConfig::new(4, 0, 8, sel.clone()).validate().is_err());
         assert!(PipelineConfig::new(4, 2, 0, sel.clone()).validate().is_err());

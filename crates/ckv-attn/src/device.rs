@@ -9,10 +9,9 @@
 use std::sync::Arc;
 
 use ckv_cache::{HeadKv, OffloadParams, TierStats};
-use ckv_cluster::{Element, RowData};
+use ckv_core::{Element, RowData};
 use ckv_kernels::{
     ATTENTION_SHAPES, DecodeScratch, DecodeStep, DeviceIndex, DeviceKv, Gpu, GpuTier, IndexParts, PinnedKv,
-    StepIds,
 };
 use ckv_select::{GqaPolicy, Method, Regions, Selector};
 
@@ -55,8 +54,9 @@ impl GpuState {
     /// dimensions not instantiated.
     pub(crate) fn new<E: Element>(gpu: Arc<Gpu>, config: &ValidPipelineConfig) -> Result<Self, AttnError> {
         let (g, d, method) = (config.group(), config.head_dim(), config.select().method());
-        let bad =
-            |name, value: String, expected: String| Err(AttnError::InvalidConfig { name, value, expected });
+        let bad = |name, value: String, expected: String| {
+            Err(AttnError::from(ckv_core::ParamError::new(name, value, expected)))
+        };
         if config.offload().is_some() && !d.is_multiple_of(2) {
             return bad("head_dim", d.to_string(), "even with offload on the GPU backend".into());
         }
@@ -164,20 +164,15 @@ impl GpuState {
         .map_err(gpu_error)?;
         refresh_index(gpu, seq, heads)?;
         let select = config.select();
-        let clustered = regions.clustered();
-        let ids = match select.method() {
-            Method::Dense => StepIds::Dense,
-            _ => StepIds::Clustered {
-                sink: regions.sink().len(),
-                clustered_end: clustered.end as usize,
-                chosen: regions.selected_count(select.budget()),
-            },
+        let selected = match select.method() {
+            Method::Dense => None,
+            _ => Some(regions.selected_count(select.budget())),
         };
         let step = DecodeStep {
             group: config.group(),
             per_kv_head: select.gqa() == GqaPolicy::PerKvHead,
-            current: regions.current() as usize,
-            ids,
+            regions,
+            selected,
             scale: config.scale(),
         };
         let index = seq.index.as_ref();
@@ -190,7 +185,7 @@ impl GpuState {
         .map_err(gpu_error)?;
         gpu.read_output(&seq.scratch, out).map_err(gpu_error)?;
         let per_head = selections.first().map_or(1, |s| s.len());
-        if ids == StepIds::Dense {
+        if selected.is_none() {
             for list in selections.iter_mut().flat_map(|s| s.iter_mut()) {
                 list.clear();
                 list.extend(0..=regions.current());
@@ -223,16 +218,9 @@ impl GpuState {
         else {
             return Ok(None);
         };
-        let stats = self.gpu.tier_stats(tier).map_err(gpu_error)?;
+        let stats = self.gpu.tier_stats(tier, row_bytes).map_err(gpu_error)?;
         let head = stats.get(kv_head).ok_or_else(|| AttnError::Gpu(format!("no KV head {kv_head}")))?;
-        Ok(Some(TierStats {
-            steps: u64::from(head.steps),
-            attended: head.attended,
-            hits: head.hits,
-            bytes_fetched: head.fetched * row_bytes,
-            bytes_no_cache: head.attended * row_bytes,
-            cold_bytes: head.cold * row_bytes,
-        }))
+        Ok(Some(*head))
     }
 
     /// The tokens the device tier of (`slot`, `kv_head`) holds; `None` without offload.

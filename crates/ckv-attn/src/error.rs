@@ -1,6 +1,6 @@
 //! Errors of attention and the decode pipeline.
 
-use ckv_cluster::ValueError;
+use ckv_core::ValueError;
 
 use crate::SeqId;
 
@@ -8,15 +8,8 @@ use crate::SeqId;
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum AttnError {
     /// A configuration value out of range.
-    #[error("invalid {name} = {value}: expected {expected}")]
-    InvalidConfig {
-        /// The field.
-        name: &'static str,
-        /// Its value.
-        value: String,
-        /// What is accepted.
-        expected: String,
-    },
+    #[error(transparent)]
+    Param(#[from] ckv_core::ParamError),
     /// An input of the wrong length, or values that are not finite or do not fit the KV
     /// storage type.
     #[error(transparent)]

@@ -13,11 +13,16 @@
 //!   device tier that keeps the rows of the last `reuse` steps and fetches only what a step
 //!   newly needs from the host tier; outputs are bitwise those without it, and
 //!   [`LayerPipeline::offload_stats`] gives the hit rate and the bytes fetched.
+//! - `ndarray` at the boundary: [`PrefillInput::from_views`] (`[P, Hkv, d]` / `[P, Hq, d]`),
+//!   [`DecodeInput::from_views`] (`[Hq, d]` / `[Hkv, d]`), [`dense_attention_view`] and
+//!   [`sparse_attention_view`] take views in standard layout, check their shapes and read
+//!   them in place; the slice forms are what they call.
 //! - [`Backend`]: where decode steps run, chosen when the pipeline is built
 //!   ([`LayerPipeline::with_backend`]): the CPU, or with the feature `cuda` a GPU through
 //!   `ckv-kernels`, with the same API and the same selections.
 //!
 //! ```
+//! use ckv_core::ParamGuard;
 //! use ckv_attn::{DecodeInput, LayerPipeline, PipelineConfig, PrefillInput};
 //! use ckv_select::{Method, SelectParams};
 //! use half::f16;
@@ -44,9 +49,20 @@ mod error;
 mod pipeline;
 mod prefill;
 
-pub use attention::{AttnScratch, Selected, attend_rows, attend_selected, dense_attention, sparse_attention};
+pub use attention::{
+    AttnScratch, Selected, attend_rows, attend_selected, dense_attention, dense_attention_view,
+    sparse_attention, sparse_attention_view,
+};
 pub use backend::Backend;
 pub use ckv_cache::{OffloadParams, TierStats};
+/// The trait that turns [`PipelineConfig`] into [`ValidPipelineConfig`] (`validate()`),
+/// re-exported so that this crate alone is enough to build a pipeline.
+pub use ckv_core::ParamGuard;
 pub use config::{PipelineConfig, ValidPipelineConfig};
 pub use error::AttnError;
 pub use pipeline::{DecodeInput, LayerPipeline, PrefillInput, PrefillSnapshot, SeqId};
+
+/// The README's "Using the pipeline" example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeExample;

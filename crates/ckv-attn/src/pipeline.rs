@@ -6,9 +6,11 @@ use std::fmt;
 use std::sync::Arc;
 
 use ckv_cache::{DeviceTier, HeadKv, HostBudget, HostReservation, TierStats};
-use ckv_cluster::{Element, ValueError, check_values};
+use ckv_core::derive_seed;
+use ckv_core::{Element, ValueError, check_values};
 use ckv_index::ClusterIndex;
-use ckv_select::{GqaPolicy, Growth, Regions, Selector, StepCtx, derive_seed, new_selector, select_group};
+use ckv_select::{GqaPolicy, Growth, Regions, SelectError, Selector, StepCtx, new_selector, select_group};
+use ndarray::{ArrayView, ArrayView2, ArrayView3, Dimension};
 use rayon::prelude::*;
 
 #[cfg(feature = "cuda")]
@@ -38,6 +40,31 @@ pub struct PrefillInput<'a> {
     pub queries: Option<&'a [f32]>,
 }
 
+impl<'a> PrefillInput<'a> {
+    /// The prompt from `ndarray` views in the shapes of `config`: keys and values
+    /// `[P, Hkv, d]`, queries `[P, Hq, d]`, token-major, in standard (row-major, contiguous)
+    /// layout. Only the shapes are checked here, against `config` (a head-major `[Hkv, P, d]`
+    /// array has the right length but the wrong axes); nothing is copied, and the values are
+    /// checked once, by [`LayerPipeline::extend`].
+    ///
+    /// # Errors
+    /// [`AttnError::Value`]: [`ValueError::ViewShape`] naming the view and both shapes,
+    /// [`ValueError::NotContiguous`] naming its shape and strides.
+    pub fn from_views(
+        config: &ValidPipelineConfig,
+        keys: ArrayView3<'a, f32>,
+        values: ArrayView3<'a, f32>,
+        queries: Option<ArrayView3<'a, f32>>,
+    ) -> Result<Self, AttnError> {
+        let (hq, hkv, d) = (config.n_q_heads(), config.n_kv_heads(), config.head_dim());
+        let p = keys.dim().0;
+        let keys = rows("keys", &keys, &[p, hkv, d])?;
+        let values = rows("values", &values, &[p, hkv, d])?;
+        let queries = queries.map(|q| rows("queries", &q, &[p, hq, d])).transpose()?;
+        Ok(Self { keys, values, queries })
+    }
+}
+
 /// One sequence's new token for [`LayerPipeline::decode`].
 #[derive(Debug, Clone, Copy)]
 pub struct DecodeInput<'a> {
@@ -49,6 +76,59 @@ pub struct DecodeInput<'a> {
     pub key: &'a [f32],
     /// Value rows, `[Hkv, d]`.
     pub value: &'a [f32],
+}
+
+impl<'a> DecodeInput<'a> {
+    /// The new token of `seq` from `ndarray` views in the shapes of `config`: query `[Hq, d]`,
+    /// key and value `[Hkv, d]`, in standard layout. Only the shapes are checked here;
+    /// nothing is copied, and the values are checked once, by [`LayerPipeline::decode`].
+    ///
+    /// # Errors
+    /// [`AttnError::Value`]: [`ValueError::ViewShape`] or [`ValueError::NotContiguous`],
+    /// naming the view.
+    pub fn from_views(
+        config: &ValidPipelineConfig,
+        seq: SeqId,
+        query: ArrayView2<'a, f32>,
+        key: ArrayView2<'a, f32>,
+        value: ArrayView2<'a, f32>,
+    ) -> Result<Self, AttnError> {
+        let (hq, hkv, d) = (config.n_q_heads(), config.n_kv_heads(), config.head_dim());
+        let query = rows("query", &query, &[hq, d])?;
+        let key = rows("key", &key, &[hkv, d])?;
+        let value = rows("value", &value, &[hkv, d])?;
+        Ok(Self { seq, query, key, value })
+    }
+}
+
+/// The memory of `view` (the input `what`), which must have the shape `expected` and be in
+/// standard layout.
+pub(crate) fn rows<'a, D: Dimension>(
+    what: &'static str,
+    view: &ArrayView<'a, f32, D>,
+    expected: &[usize],
+) -> Result<&'a [f32], ValueError> {
+    if view.shape() != expected {
+        return Err(ValueError::ViewShape {
+            what,
+            expected: expected.to_vec(),
+            given: view.shape().to_vec(),
+        });
+    }
+    standard(what, view)
+}
+
+/// The memory of `view` (the input `what`) in standard layout, or the error naming its shape
+/// and strides.
+pub(crate) fn standard<'a, A, D: Dimension>(
+    what: &'static str,
+    view: &ArrayView<'a, A, D>,
+) -> Result<&'a [A], ValueError> {
+    view.to_slice().ok_or_else(|| ValueError::NotContiguous {
+        what,
+        shape: view.shape().to_vec(),
+        strides: view.strides().to_vec(),
+    })
 }
 
 /// The prompt of one sequence in prefill, taken by [`LayerPipeline::snapshot`]: per KV
@@ -298,11 +378,11 @@ impl<E: Element> LayerPipeline<E> {
         let cfg = &self.config;
         let d = snapshot.heads.first().map_or(cfg.head_dim(), |(kv, _)| kv.d());
         if snapshot.heads.len() != cfg.n_kv_heads() || d != cfg.head_dim() {
-            return Err(AttnError::InvalidConfig {
-                name: "snapshot",
-                value: format!("{} KV heads of dimension {d}", snapshot.heads.len()),
-                expected: format!("{} KV heads of dimension {}", cfg.n_kv_heads(), cfg.head_dim()),
-            });
+            return Err(AttnError::from(ckv_core::ParamError::new(
+                "snapshot",
+                format!("{} KV heads of dimension {d}", snapshot.heads.len()),
+                format!("{} KV heads of dimension {}", cfg.n_kv_heads(), cfg.head_dim()),
+            )));
         }
         let context = snapshot.len();
         if let Some(max_context) = cfg.select().max_context()
@@ -430,7 +510,7 @@ impl<E: Element> LayerPipeline<E> {
     pub fn regions(&self, seq: SeqId) -> Result<Regions, AttnError> {
         let state = self.state(seq)?;
         let sink = self.config.select().sink() as u32;
-        Ok(Regions::new(sink, state.clustered_end, state.len() as u32)?)
+        Ok(Regions::new(sink, state.clustered_end, state.len() as u32).map_err(SelectError::from)?)
     }
 
     /// The sorted ids that query head `q_head` of `seq` attended to in the last decode step
@@ -438,10 +518,8 @@ impl<E: Element> LayerPipeline<E> {
     pub fn selection(&self, seq: SeqId, q_head: usize) -> Result<&[u32], AttnError> {
         let state = self.state(seq)?;
         let cfg = &self.config;
-        let head = state.heads.get(q_head / cfg.group()).ok_or_else(|| AttnError::InvalidConfig {
-            name: "q_head",
-            value: q_head.to_string(),
-            expected: format!("below {}", cfg.n_q_heads()),
+        let head = state.heads.get(q_head / cfg.group()).ok_or_else(|| {
+            AttnError::from(ckv_core::ParamError::new("q_head", q_head, format!("below {}", cfg.n_q_heads())))
         })?;
         let which = match cfg.select().gqa() {
             GqaPolicy::PerQueryHead => q_head % cfg.group(),
@@ -498,10 +576,8 @@ impl<E: Element> LayerPipeline<E> {
 
     fn head(&self, seq: SeqId, kv_head: usize) -> Result<&HeadState<E>, AttnError> {
         let n = self.config.n_kv_heads();
-        self.state(seq)?.heads.get(kv_head).ok_or_else(|| AttnError::InvalidConfig {
-            name: "kv_head",
-            value: kv_head.to_string(),
-            expected: format!("below {n}"),
+        self.state(seq)?.heads.get(kv_head).ok_or_else(|| {
+            AttnError::from(ckv_core::ParamError::new("kv_head", kv_head, format!("below {n}")))
         })
     }
 }
@@ -583,7 +659,7 @@ fn step_regions<E: Element>(
     // The tail [c, t) is full: cluster it alone and append its clusters.
     let grow = t >= c && (t - c) as usize >= select.window();
     let clustered_end = if grow { t } else { c };
-    Ok((Regions::new(select.sink() as u32, clustered_end, t)?, grow))
+    Ok((Regions::new(select.sink() as u32, clustered_end, t).map_err(SelectError::from)?, grow))
 }
 
 /// One decode step of one sequence, parallel over its KV heads.
@@ -633,4 +709,121 @@ fn decode_one<E: Element>(
         })?;
     state.clustered_end = clustered_end;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::PipelineConfig;
+    use ckv_core::ParamGuard;
+    use ckv_select::{Method, SelectParams};
+    use ndarray::{Array2, Array3, Axis, s};
+
+    fn config(hq: usize, hkv: usize, d: usize) -> ValidPipelineConfig {
+        let select = SelectParams::new(Method::ClusterKv).budget(48).sink(4);
+        PipelineConfig::new(hq, hkv, d, select).validate().unwrap()
+    }
+
+    fn val(i: usize, salt: usize) -> f32 {
+        ((i * 7919 + salt * 104_729) % 2003) as f32 / 500.0 - 2.0
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(16))]
+
+        /// A prefill and decode steps from views give bitwise the outputs, selections and KV
+        /// of the same inputs as slices.
+        #[test]
+        fn views_equal_slices(
+            heads in proptest::sample::select(vec![(1usize, 1usize), (4, 2), (6, 3)]),
+            d in 1usize..12,
+            prompt in 1usize..120,
+            steps in 1usize..20,
+            salt in 0usize..1000,
+        ) {
+            let (hq, hkv) = heads;
+            let cfg = config(hq, hkv, d);
+            let keys = Array3::from_shape_fn((prompt, hkv, d), |(t, h, e)| val((t * hkv + h) * d + e, salt));
+            let values = keys.mapv(|x| x * 0.5 - 0.25);
+            let queries = Array3::from_shape_fn((prompt, hq, d), |(t, h, e)| val((t * hq + h) * d + e, salt + 1));
+            let (mut a, mut b) = (LayerPipeline::<f32>::new(cfg.clone()), LayerPipeline::<f32>::new(cfg.clone()));
+            let (mut out_a, mut out_b) = (vec![0.0; prompt * hq * d], vec![0.0; prompt * hq * d]);
+            let slices = PrefillInput {
+                keys: keys.as_slice().unwrap(),
+                values: values.as_slice().unwrap(),
+                queries: Some(queries.as_slice().unwrap()),
+            };
+            let sa = a.prefill(slices, Some(&mut out_a)).unwrap();
+            let views = PrefillInput::from_views(&cfg, keys.view(), values.view(), Some(queries.view())).unwrap();
+            let sb = b.prefill(views, Some(&mut out_b)).unwrap();
+            proptest::prop_assert_eq!(&out_a, &out_b);
+            for step in 0..steps {
+                let q = Array2::from_shape_fn((hq, d), |(h, e)| val(h * d + e, salt + 2 + step));
+                let k = Array2::from_shape_fn((hkv, d), |(h, e)| val(h * d + e, salt + 3 + step));
+                let input = DecodeInput {
+                    seq: sa,
+                    query: q.as_slice().unwrap(),
+                    key: k.as_slice().unwrap(),
+                    value: k.as_slice().unwrap(),
+                };
+                let (mut o_a, mut o_b) = (vec![0.0; hq * d], vec![0.0; hq * d]);
+                a.decode(&[input], &mut o_a).unwrap();
+                let view = DecodeInput::from_views(&cfg, sb, q.view(), k.view(), k.view()).unwrap();
+                b.decode(&[view], &mut o_b).unwrap();
+                proptest::prop_assert_eq!(&o_a, &o_b);
+                for h in 0..hq {
+                    proptest::prop_assert_eq!(a.selection(sa, h).unwrap(), b.selection(sb, h).unwrap());
+                }
+            }
+            for h in 0..hkv {
+                proptest::prop_assert_eq!(a.kv(sa, h).unwrap(), b.kv(sb, h).unwrap());
+            }
+        }
+    }
+
+    #[test]
+    fn views_of_the_wrong_shape_or_layout_are_errors() {
+        let cfg = config(4, 2, 8);
+        let shape = |what, expected: &[usize], given: &[usize]| {
+            AttnError::Value(ValueError::ViewShape {
+                what,
+                expected: expected.to_vec(),
+                given: given.to_vec(),
+            })
+        };
+        // Token-major [P, Hkv, d] is right; head-major [Hkv, P, d] of the same length is not.
+        let kv = Array3::<f32>::zeros((10, 2, 8));
+        let head_major = Array3::<f32>::zeros((2, 10, 8));
+        let q = Array3::<f32>::zeros((10, 4, 8));
+        assert!(PrefillInput::from_views(&cfg, kv.view(), kv.view(), Some(q.view())).is_ok());
+        let err = PrefillInput::from_views(&cfg, head_major.view(), head_major.view(), None).unwrap_err();
+        assert_eq!(err, shape("keys", &[2, 2, 8], &[2, 10, 8]));
+        assert!(err.to_string().contains("[2, 10, 8]"), "{err}");
+        let short = Array3::<f32>::zeros((9, 2, 8));
+        let err = PrefillInput::from_views(&cfg, kv.view(), short.view(), None).unwrap_err();
+        assert_eq!(err, shape("values", &[10, 2, 8], &[9, 2, 8]));
+        let q_wrong = Array3::<f32>::zeros((10, 2, 8));
+        let err = PrefillInput::from_views(&cfg, kv.view(), kv.view(), Some(q_wrong.view())).unwrap_err();
+        assert_eq!(err, shape("queries", &[10, 4, 8], &[10, 2, 8]));
+        // A non-standard view of the right shape: the heads axis of a [P, 2 * Hkv, d] array.
+        let wide = Array3::<f32>::zeros((10, 4, 8));
+        let strided = wide.slice(s![.., ..2, ..]);
+        let err = PrefillInput::from_views(&cfg, strided, kv.view(), None).unwrap_err();
+        let want = ValueError::NotContiguous { what: "keys", shape: vec![10, 2, 8], strides: vec![32, 8, 1] };
+        assert_eq!(err, AttnError::Value(want));
+
+        let seq = SeqId(0);
+        let (q, k) = (Array2::<f32>::zeros((4, 8)), Array2::<f32>::zeros((2, 8)));
+        assert!(DecodeInput::from_views(&cfg, seq, q.view(), k.view(), k.view()).is_ok());
+        let err = DecodeInput::from_views(&cfg, seq, k.view(), k.view(), k.view()).unwrap_err();
+        assert_eq!(err, shape("query", &[4, 8], &[2, 8]));
+        let flat = Array2::<f32>::zeros((1, 16));
+        let err = DecodeInput::from_views(&cfg, seq, q.view(), flat.view(), k.view()).unwrap_err();
+        assert_eq!(err, shape("key", &[2, 8], &[1, 16]));
+        let err = DecodeInput::from_views(&cfg, seq, q.view(), k.view(), q.slice(s![..;2, ..])).unwrap_err();
+        assert!(matches!(err, AttnError::Value(ValueError::NotContiguous { what: "value", .. })), "{err:?}");
+        let per_token = Array3::<f32>::zeros((3, 2, 8));
+        let key = per_token.index_axis(Axis(0), 1);
+        assert!(DecodeInput::from_views(&cfg, seq, q.view(), key, key).is_ok());
+    }
 }

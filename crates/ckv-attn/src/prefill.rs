@@ -1,7 +1,7 @@
 //! Dense causal attention of a prompt chunk, blocked: scores and outputs of a block of
 //! queries are two matrix products (`Q · Kᵀ`, `P · V`) through `ckv-cluster`'s sgemm.
 
-use ckv_cluster::{Element, matmul_nn, matmul_nt, softmax};
+use ckv_core::{Element, matmul_nn, matmul_nt, softmax};
 use rayon::prelude::*;
 
 /// Queries per block: a block's scores are `QUERY_BLOCK x context` f32 values.

@@ -13,6 +13,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ckv_attn::{DecodeInput, LayerPipeline, PipelineConfig, PrefillInput};
+use ckv_core::ParamGuard;
 use ckv_select::{Budget, GqaPolicy, Method, SelectParams};
 use half::f16;
 

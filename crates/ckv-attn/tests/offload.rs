@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 
 use ckv_attn::{AttnError, DecodeInput, LayerPipeline, PipelineConfig, PrefillInput};
 use ckv_cache::{CacheError, OffloadParams};
+use ckv_core::ParamGuard;
 use ckv_select::{GqaPolicy, Method, SelectParams};
 use half::f16;
 use proptest::prelude::*;

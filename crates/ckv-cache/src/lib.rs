@@ -27,7 +27,7 @@ mod budget;
 mod huge_pages;
 mod tier;
 
-use ckv_cluster::{Element, ValueError, check_values};
+use ckv_core::{Element, ValueError, check_values};
 
 pub use budget::{HostBudget, HostReservation};
 pub use tier::{DeviceTier, OffloadParams, TierStats};
@@ -35,22 +35,12 @@ pub use tier::{DeviceTier, OffloadParams, TierStats};
 /// Errors of the KV store.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum CacheError {
-    /// The head dimension was zero.
-    #[error("head dimension must be at least 1, got 0")]
-    ZeroDim,
     /// Rows of the wrong length, or values that are not finite or do not fit the storage type.
     #[error(transparent)]
     Value(#[from] ValueError),
-    /// A setting out of range.
-    #[error("invalid {name} = {value}: expected {expected}")]
-    InvalidParam {
-        /// The setting.
-        name: &'static str,
-        /// Its value.
-        value: String,
-        /// What is accepted.
-        expected: &'static str,
-    },
+    /// A setting out of range, or a head dimension of 0.
+    #[error(transparent)]
+    Param(#[from] ckv_core::ParamError),
     /// The host tier's budget cannot take more KV.
     #[error("the host KV store is full: {needed} more bytes asked, {used} of {capacity} in use")]
     HostFull {
@@ -89,7 +79,7 @@ impl<E: Element> HeadKv<E> {
     /// stores ask for transparent huge pages (sparse steps read rows all over the store).
     pub fn with_capacity(d: usize, tokens: usize) -> Result<Self, CacheError> {
         if d == 0 {
-            return Err(CacheError::ZeroDim);
+            return Err(CacheError::Param(ckv_core::ParamError::zero_dim()));
         }
         let store = Self { d, keys: Vec::with_capacity(tokens * d), values: Vec::with_capacity(tokens * d) };
         huge_pages::advise(&store.keys);
@@ -218,7 +208,7 @@ mod tests {
 
     #[test]
     fn bad_input_gets_typed_errors() {
-        assert_eq!(HeadKv::<f32>::new(0), Err(CacheError::ZeroDim));
+        assert_eq!(HeadKv::<f32>::new(0), Err(CacheError::Param(ckv_core::ParamError::zero_dim())));
         let mut kv = HeadKv::<f32>::new(2).unwrap();
         assert_eq!(
             kv.append(&[1.0], &[1.0, 2.0]),

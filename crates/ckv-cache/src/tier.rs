@@ -5,7 +5,7 @@
 //! reads the slots. The policy and its traffic figures are what a GPU tier does with
 //! copies from host memory.
 
-use ckv_cluster::Element;
+use ckv_core::Element;
 
 use crate::{CacheError, HeadKv};
 
@@ -31,11 +31,7 @@ impl OffloadParams {
     /// Reuse over the last `reuse` steps (at least 1).
     pub fn new(reuse: usize) -> Result<Self, CacheError> {
         if reuse == 0 {
-            return Err(CacheError::InvalidParam {
-                name: "reuse",
-                value: "0".into(),
-                expected: "at least 1 step",
-            });
+            return Err(CacheError::from(ckv_core::ParamError::new("reuse", "0", "at least 1 step")));
         }
         Ok(Self { reuse, host_capacity: None })
     }
@@ -132,7 +128,7 @@ impl<E: Element> DeviceTier<E> {
     /// steps.
     pub fn new(d: usize, params: &OffloadParams) -> Result<Self, CacheError> {
         if d == 0 {
-            return Err(CacheError::ZeroDim);
+            return Err(CacheError::Param(ckv_core::ParamError::zero_dim()));
         }
         Ok(Self {
             d,
@@ -157,11 +153,11 @@ impl<E: Element> DeviceTier<E> {
     pub fn step(&mut self, host: &HeadKv<E>, lists: &[Vec<u32>], current: u32) -> Result<(), CacheError> {
         let len = host.len();
         if host.d() != self.d {
-            return Err(CacheError::InvalidParam {
-                name: "host head dimension",
-                value: host.d().to_string(),
-                expected: "the tier's",
-            });
+            return Err(CacheError::from(ckv_core::ParamError::new(
+                "host head dimension",
+                host.d().to_string(),
+                "the tier's",
+            )));
         }
         if let Some(&id) = lists.iter().flatten().chain([&current]).find(|&&id| id as usize >= len) {
             return Err(CacheError::TokenOutOfRange { id, len });

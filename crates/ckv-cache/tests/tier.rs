@@ -75,7 +75,10 @@ proptest! {
 
 #[test]
 fn bad_settings_and_ids_are_refused() {
-    assert!(matches!(OffloadParams::new(0), Err(CacheError::InvalidParam { name: "reuse", .. })));
+    assert!(matches!(
+        OffloadParams::new(0),
+        Err(CacheError::Param(ckv_core::ParamError { name: "reuse", .. }))
+    ));
     let mut host = HeadKv::<f32>::new(2).unwrap();
     host.append(&[1.0, 2.0], &[3.0, 4.0]).unwrap();
     let mut tier = DeviceTier::<f32>::new(2, &OffloadParams::default()).unwrap();

@@ -1,7 +1,6 @@
 //! Benchmarks of the hot functions of `ckv-cluster`: k-means over f16 key rows (one head with
 //! random and with k-means++ seeding, and eight heads at once as the prompt clustering of one
-//! layer does), the `A · Bᵀ` product that scores rows against centroids, and the f16/f32 row
-//! dot product at `d = 128`.
+//! layer does).
 //!
 //! Inputs are seeded pseudo-random keys, uniform in `[-1, 1)`: they have no cluster
 //! structure, so k-means runs all or nearly all of its 20 iterations (the worst case: 20 for
@@ -15,7 +14,8 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use ckv_cluster::{ClusterParams, Element, Init, dot, kmeans, kmeans_heads, matmul_nt};
+use ckv_cluster::{ClusterParams, Init, kmeans, kmeans_heads};
+use ckv_core::{Element, ParamGuard};
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use half::f16;
 use rand::{RngExt, SeedableRng};
@@ -66,37 +66,9 @@ fn bench_kmeans(c: &mut Criterion) {
     group.finish();
 }
 
-fn bench_matmul(c: &mut Criterion) {
-    let mut group = c.benchmark_group("matmul_nt");
-    // 256 rows against 400 centroids, d = 128; throughput counts multiply-adds.
-    let (m, n) = (256, 400);
-    let a = random_rows::<f32>(m * D, 2);
-    let b = random_rows::<f32>(n * D, 3);
-    let mut out = vec![0.0f32; m * n];
-    group.throughput(Throughput::Elements((m * n * D) as u64));
-    group.bench_function("256x128_400x128", |bench| {
-        bench.iter(|| matmul_nt(black_box(&a), black_box(&b), D, &mut out))
-    });
-    group.finish();
-}
-
-fn bench_dot_of<E: Element>(c: &mut Criterion) {
-    let mut group = c.benchmark_group("dot");
-    let q = random_rows::<f32>(D, 4);
-    let row = random_rows::<E>(D, 5);
-    group.throughput(Throughput::Bytes((D * (size_of::<f32>() + size_of::<E>())) as u64));
-    group.bench_function(format!("d128_{}", E::NAME), |b| b.iter(|| dot(black_box(&q), black_box(&row))));
-    group.finish();
-}
-
-fn bench_dot(c: &mut Criterion) {
-    bench_dot_of::<f16>(c);
-    bench_dot_of::<f32>(c);
-}
-
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
-    targets = bench_kmeans, bench_matmul, bench_dot
+    targets = bench_kmeans
 }
 criterion_main!(benches);

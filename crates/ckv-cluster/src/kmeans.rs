@@ -6,14 +6,15 @@ mod normalize;
 mod update;
 mod validate;
 
+use ndarray::{ArrayView, ArrayView2, ArrayView3, Dimension};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use crate::clustering::Clustering;
-use crate::element::Element;
 use crate::error::ClusterError;
 use crate::params::ValidClusterParams;
+use ckv_core::{Element, ValueError};
 
 use assign::{assign, objective};
 use normalize::normalize_rows;
@@ -38,10 +39,10 @@ const CONVERT_CHUNK: usize = 1 << 16;
 ///
 /// # Errors
 /// Checked in this order, before any clustering work:
-/// [`ClusterError::ZeroDim`] if `d == 0`, [`ClusterError::ShapeMismatch`] if `rows.len()` is
-/// not a multiple of `d`, [`ClusterError::InvalidParam`] (name `"rows"`) if there are more than
-/// `u32::MAX` rows, [`ClusterError::NonFinite`] for the first NaN or infinity in row-major
-/// order, [`ClusterError::TooFewRows`] if there are fewer rows than clusters.
+/// [`ClusterError::Param`] (name `"d"`) if `d == 0`, [`ClusterError::ShapeMismatch`] if
+/// `rows.len()` is not a multiple of `d`, [`ClusterError::Param`] (name `"rows"`) if there are
+/// more than `u32::MAX` rows, [`ClusterError::NonFinite`] for the first NaN or infinity in
+/// row-major order, [`ClusterError::TooFewRows`] if there are fewer rows than clusters.
 pub fn kmeans<E: Element>(
     params: &ValidClusterParams,
     rows: &[E],
@@ -66,6 +67,66 @@ pub fn kmeans_heads<E: Element>(
         heads.par_iter().map(|rows| validate::check_rows(rows, d, params.n_clusters())).collect();
     let ns = checked.into_iter().collect::<Result<Vec<usize>, _>>()?;
     Ok(heads.par_iter().zip(ns).map(|(rows, n)| run(params, rows, n, d)).collect())
+}
+
+/// [`kmeans`] of the key rows of one head as an `ndarray` view `[n, d]`: the same result,
+/// bitwise, as `kmeans(params, keys.as_slice().unwrap(), d)`; nothing is copied.
+///
+/// ```
+/// use ckv_cluster::{ClusterParams, kmeans_view};
+/// use ckv_core::ParamGuard;
+/// use ndarray::Array2;
+///
+/// let keys = Array2::from_shape_fn((64, 8), |(i, j)| ((i * 8 + j) as f32 * 0.37).sin());
+/// let params = ClusterParams::new(4).seed(1).validate()?;
+/// let c = kmeans_view(&params, keys.view())?;
+/// assert_eq!((c.n_rows(), c.n_clusters(), c.d()), (64, 4, 8));
+/// // A strided view (every other row) is refused, not copied.
+/// let strided = keys.slice(ndarray::s![..;2, ..]);
+/// assert!(matches!(kmeans_view(&params, strided), Err(ckv_cluster::ClusterError::Value(_))));
+/// # Ok::<(), ckv_cluster::ClusterError>(())
+/// ```
+///
+/// # Errors
+/// [`ClusterError::Value`] ([`ValueError::NotContiguous`], naming the shape and strides) if
+/// `keys` is not in standard (row-major, contiguous) layout; then the errors of [`kmeans`].
+pub fn kmeans_view<E: Element>(
+    params: &ValidClusterParams,
+    keys: ArrayView2<'_, E>,
+) -> Result<Clustering, ClusterError> {
+    let d = keys.ncols();
+    kmeans(params, standard("keys", &keys)?, d)
+}
+
+/// [`kmeans_heads`] of the key rows of `H` heads as one head-major `ndarray` view
+/// `[H, n, d]` (every head has `n` rows); results are in head order, bitwise those of
+/// [`kmeans_heads`] on the heads' slices. Nothing is copied.
+///
+/// # Errors
+/// [`ClusterError::Value`] ([`ValueError::NotContiguous`]) if `keys` is not in standard
+/// layout (a token-major `[P, Hkv, d]` array must be made head-major first); then the errors
+/// of [`kmeans_heads`].
+pub fn kmeans_heads_view<E: Element>(
+    params: &ValidClusterParams,
+    keys: ArrayView3<'_, E>,
+) -> Result<Vec<Clustering>, ClusterError> {
+    let (heads, n, d) = keys.dim();
+    let all = standard("keys", &keys)?;
+    let per_head = n * d;
+    let rows: Vec<&[E]> = (0..heads).map(|h| &all[h * per_head..(h + 1) * per_head]).collect();
+    kmeans_heads(params, &rows, d)
+}
+
+/// The memory of a view in standard layout, or the error naming its shape and strides.
+fn standard<'a, E, D: Dimension>(
+    what: &'static str,
+    view: &ArrayView<'a, E, D>,
+) -> Result<&'a [E], ValueError> {
+    view.to_slice().ok_or_else(|| ValueError::NotContiguous {
+        what,
+        shape: view.shape().to_vec(),
+        strides: view.strides().to_vec(),
+    })
 }
 
 /// Converts the (validated) rows to `f32` and clusters them.
@@ -122,5 +183,5 @@ fn lloyd(params: &ValidClusterParams, x: &[f32], n: usize, d: usize) -> Clusteri
         *objective_history.last().expect("history has the initial entry")
     };
 
-    Clustering { d, labels, centroids, sizes, iterations, objective: final_objective, objective_history }
+    Clustering::from_kmeans(d, labels, centroids, sizes, iterations, final_objective, objective_history)
 }

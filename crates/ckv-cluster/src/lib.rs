@@ -5,12 +5,18 @@
 //! later stages can score whole clusters against a query and attend only to the tokens of
 //! the most relevant ones.
 //!
+//! The rows come as a slice with its `d` ([`kmeans`], [`kmeans_heads`]), or as an `ndarray`
+//! view `[n, d]` ([`kmeans_view`]; `[H, n, d]` for [`kmeans_heads_view`]) in standard
+//! layout, read in place. A [`Clustering`] holds the labels, centroids and sizes, always
+//! consistent with each other.
+//!
 //! The assignment uses cosine similarity (the semantic closeness of keys, independent of
 //! their norm); centroids are means of the raw member keys. The objective
 //! `sum_i x_i · c(label_i) / |c(label_i)|` never decreases, and results are deterministic:
 //! bitwise identical for the same seed and input whatever the number of rayon threads.
 //!
 //! ```
+//! use ckv_core::ParamGuard;
 //! use ckv_cluster::{kmeans, ClusterParams};
 //!
 //! // Six keys in d = 2: three pointing right, three pointing up.
@@ -21,29 +27,22 @@
 //! let params = ClusterParams::new(2).seed(7).validate()?;
 //! let c = kmeans(&params, &keys, 2)?;
 //! assert_eq!(c.n_clusters(), 2);
-//! assert_eq!(c.labels[0], c.labels[1]);
-//! assert_eq!(c.labels[3], c.labels[5]);
-//! assert_ne!(c.labels[0], c.labels[3]);
-//! assert_eq!(c.sizes.iter().sum::<u32>(), 6);
+//! assert_eq!(c.labels()[0], c.labels()[1]);
+//! assert_eq!(c.labels()[3], c.labels()[5]);
+//! assert_ne!(c.labels()[0], c.labels()[3]);
+//! assert_eq!(c.sizes().iter().sum::<u32>(), 6);
 //! # Ok::<(), ckv_cluster::ClusterError>(())
 //! ```
 
 mod clustering;
-mod dot;
-mod element;
 mod error;
 mod kmeans;
-mod matmul;
 mod params;
-mod rows;
-mod values;
 
+/// The trait that turns [`ClusterParams`] into [`ValidClusterParams`] (`validate()`),
+/// re-exported so that this crate alone is enough to call [`kmeans`].
+pub use ckv_core::ParamGuard;
 pub use clustering::Clustering;
-pub use dot::{axpy, dot};
-pub use element::Element;
 pub use error::ClusterError;
-pub use kmeans::{kmeans, kmeans_heads};
-pub use matmul::{matmul_nn, matmul_nt};
+pub use kmeans::{kmeans, kmeans_heads, kmeans_heads_view, kmeans_view};
 pub use params::{ClusterParams, Init, ValidClusterParams};
-pub use rows::{RowData, score_rows, simd_level, softmax, weigh_rows};
-pub use values::{ValueError, check_values};

@@ -3,6 +3,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use ckv_core::ParamGuard;
+
 use crate::error::ClusterError;
 
 /// Default number of Lloyd iterations (update + re-assignment rounds).
@@ -13,7 +15,7 @@ const DEFAULT_MAX_ITERS: usize = 20;
 /// for a seed whatever the number of rayon threads.
 ///
 /// ```
-/// use ckv_cluster::{ClusterParams, Init};
+/// use ckv_cluster::{ClusterParams, Init, ParamGuard};
 ///
 /// let init: Init = "KMeans++".parse()?;
 /// assert_eq!(init, Init::PlusPlus);
@@ -103,18 +105,19 @@ impl ClusterParams {
     pub fn init(self, init: Init) -> Self {
         Self { init, ..self }
     }
+}
 
-    /// Checks the parameters.
-    ///
-    /// # Errors
-    /// [`ClusterError::InvalidParam`] if `n_clusters` is 0.
-    pub fn validate(self) -> Result<ValidClusterParams, ClusterError> {
+impl ParamGuard for ClusterParams {
+    type Checked = ValidClusterParams;
+    type Error = ClusterError;
+
+    fn check_ref(&self) -> Result<(), ClusterError> {
+        self.clone().validate().map(drop)
+    }
+
+    fn validate(self) -> Result<ValidClusterParams, ClusterError> {
         if self.n_clusters == 0 {
-            return Err(ClusterError::InvalidParam {
-                name: "n_clusters",
-                value: "0".into(),
-                expected: "at least 1",
-            });
+            return Err(ClusterError::from(ckv_core::ParamError::new("n_clusters", "0", "at least 1")));
         }
         Ok(ValidClusterParams {
             n_clusters: self.n_clusters,
@@ -194,10 +197,7 @@ mod tests {
     #[test]
     fn zero_clusters_rejected() {
         let err = ClusterParams::new(0).validate().unwrap_err();
-        assert_eq!(
-            err,
-            ClusterError::InvalidParam { name: "n_clusters", value: "0".into(), expected: "at least 1" }
-        );
+        assert_eq!(err, ClusterError::from(ckv_core::ParamError::new("n_clusters", "0", "at least 1")));
         assert!(err.to_string().contains("n_clusters"));
     }
 }

@@ -1,8 +1,10 @@
 //! Behavioural tests of `kmeans` / `kmeans_heads`.
 
 use ckv_cluster::{
-    ClusterError, ClusterParams, Clustering, Element, Init, ValidClusterParams, kmeans, kmeans_heads,
+    ClusterError, ClusterParams, Clustering, Init, ValidClusterParams, kmeans, kmeans_heads,
+    kmeans_heads_view, kmeans_view,
 };
+use ckv_core::{Element, ParamGuard};
 use half::f16;
 use proptest::prelude::*;
 use rand::{RngExt, SeedableRng};
@@ -36,84 +38,88 @@ fn check_invariants(
     max_iters: usize,
 ) -> Result<(), String> {
     let n = rows.len() / d;
-    if c.d != d || c.n_clusters() != k || c.labels.len() != n || c.centroids.len() != k * d {
+    if c.d() != d || c.n_clusters() != k || c.labels().len() != n || c.centroids().len() != k * d {
         return Err(format!(
             "shapes: d {} k {} labels {} centroids {}",
-            c.d,
+            c.d(),
             c.n_clusters(),
-            c.labels.len(),
-            c.centroids.len()
+            c.labels().len(),
+            c.centroids().len()
         ));
     }
-    if let Some(l) = c.labels.iter().find(|&&l| l as usize >= k) {
+    if let Some(l) = c.labels().iter().find(|&&l| l as usize >= k) {
         return Err(format!("label {l} >= k {k}"));
     }
     let mut counts = vec![0u32; k];
-    for &l in &c.labels {
+    for &l in c.labels() {
         counts[l as usize] += 1;
     }
-    if counts != c.sizes {
-        return Err(format!("sizes {:?} != label counts {counts:?}", c.sizes));
+    if counts != c.sizes() {
+        return Err(format!("sizes {:?} != label counts {counts:?}", c.sizes()));
     }
-    if c.sizes.iter().map(|&s| s as usize).sum::<usize>() != n {
+    if c.sizes().iter().map(|&s| s as usize).sum::<usize>() != n {
         return Err("sizes do not sum to n".into());
     }
-    if c.centroids.iter().any(|v| !v.is_finite())
-        || !c.objective.is_finite()
-        || c.objective_history.iter().any(|v| !v.is_finite())
+    if c.centroids().iter().any(|v| !v.is_finite())
+        || !c.objective().is_finite()
+        || c.objective_history().iter().any(|v| !v.is_finite())
     {
         return Err("non-finite output".into());
     }
     // Centroids are the means of their members.
     for j in 0..k {
-        if c.sizes[j] == 0 {
+        if c.sizes()[j] == 0 {
             continue;
         }
         let mut sum = vec![0.0f64; d];
-        for (row, _) in rows.chunks_exact(d).zip(&c.labels).filter(|(_, l)| **l as usize == j) {
+        for (row, _) in rows.chunks_exact(d).zip(c.labels()).filter(|(_, l)| **l as usize == j) {
             for (s, &v) in sum.iter_mut().zip(row) {
                 *s += f64::from(v);
             }
         }
         for (p, s) in sum.iter().enumerate() {
-            let mean = s / f64::from(c.sizes[j]);
-            let got = f64::from(c.centroids[j * d + p]);
+            let mean = s / f64::from(c.sizes()[j]);
+            let got = f64::from(c.centroids()[j * d + p]);
             if (got - mean).abs() > 1e-5 * (1.0 + mean.abs()) {
                 return Err(format!("centroid {j}[{p}] = {got}, mean of members {mean}"));
             }
         }
     }
     // Iteration bookkeeping.
-    if c.iterations > max_iters || c.objective_history.len() != c.iterations + 1 {
+    if c.iterations() > max_iters || c.objective_history().len() != c.iterations() + 1 {
         return Err(format!(
             "iterations {} history {} max_iters {max_iters}",
-            c.iterations,
-            c.objective_history.len()
+            c.iterations(),
+            c.objective_history().len()
         ));
     }
     // Objective history non-decreasing, final objective at least the last entry.
     let tol = |a: f64, b: f64| 1e-5 * a.abs().max(b.abs()).max(1e-6);
-    let mut hist = c.objective_history.clone();
-    hist.push(c.objective);
+    let mut hist = c.objective_history().to_vec();
+    hist.push(c.objective());
     for w in hist.windows(2) {
         if w[1] < w[0] - tol(w[0], w[1]) {
-            return Err(format!("objective decreased: {:?} (final {})", c.objective_history, c.objective));
+            return Err(format!(
+                "objective decreased: {:?} (final {})",
+                c.objective_history(),
+                c.objective()
+            ));
         }
     }
     // The reported objective is that of the returned labels and centroids.
-    let units: Vec<Vec<f64>> = c.centroids.chunks_exact(d).map(unit).collect();
+    let units: Vec<Vec<f64>> = c.centroids().chunks_exact(d).map(unit).collect();
     let j: f64 = rows
         .chunks_exact(d)
-        .zip(&c.labels)
+        .zip(c.labels())
         .map(|(row, &l)| row.iter().zip(&units[l as usize]).map(|(&x, &u)| f64::from(x) * u).sum::<f64>())
         .sum();
     let abs_scale: f64 = rows.chunks_exact(d).map(|r| dot(r, r).sqrt()).sum();
-    if (j - c.objective).abs() > 1e-5 * abs_scale.max(1e-6) {
-        return Err(format!("objective {} but recomputed {j}", c.objective));
+    if (j - c.objective()).abs() > 1e-5 * abs_scale.max(1e-6) {
+        return Err(format!("objective {} but recomputed {j}", c.objective()));
     }
     // Converged before max_iters: every row's label is its most cosine-similar centroid.
-    if c.iterations < max_iters {
-        for (i, (row, &l)) in rows.chunks_exact(d).zip(&c.labels).enumerate() {
+    if c.iterations() < max_iters {
+        for (i, (row, &l)) in rows.chunks_exact(d).zip(c.labels()).enumerate() {
             let u = unit(row);
             let cos = |j: usize| -> f64 { u.iter().zip(&units[j]).map(|(a, b)| a * b).sum() };
             let mine = cos(l as usize);
@@ -133,7 +139,7 @@ fn same_seed_same_result_different_seed_differs() {
     let b = kmeans(&params(k, 3), &rows, d).unwrap();
     assert_eq!(a, b);
     let c = kmeans(&params(k, 4), &rows, d).unwrap();
-    assert_ne!(a.labels, c.labels);
+    assert_ne!(a.labels(), c.labels());
     assert_ne!(a, c);
     check_invariants(&a, &rows, d, k, 20).unwrap();
     check_invariants(&c, &rows, d, k, 20).unwrap();
@@ -316,12 +322,12 @@ fn recovers_separated_clusters() {
         let (rows, truth, dirs) = separated_data(seed);
         let c = kmeans(&params(k, seed + 100), &rows, d).unwrap();
         check_invariants(&c, &rows, d, k, 20).unwrap();
-        let p = purity(&c.labels, &truth, k, classes);
+        let p = purity(c.labels(), &truth, k, classes);
         assert!(p >= 0.99, "seed {seed}: purity {p}");
         // Every class is found.
         let mut found = vec![false; classes];
-        for (&l, &t) in c.labels.iter().zip(&truth) {
-            found[t] |= c.sizes[l as usize] > 0;
+        for (&l, &t) in c.labels().iter().zip(&truth) {
+            found[t] |= c.sizes()[l as usize] > 0;
         }
         assert!(found.iter().all(|&f| f));
         // Centroids average out the noise: they are closer to the true directions than the
@@ -330,10 +336,10 @@ fn recovers_separated_clusters() {
         let cos = |v: &[f32], t: usize| -> f64 { unit(v).iter().zip(&dirs[t]).map(|(a, b)| a * b).sum() };
         let row_cos: f64 = rows.chunks_exact(d).zip(&truth).map(|(r, &t)| cos(r, t)).sum::<f64>() / n;
         let centroid_cos: f64 = c
-            .labels
+            .labels()
             .iter()
             .zip(&truth)
-            .map(|(&l, &t)| cos(&c.centroids[l as usize * d..(l as usize + 1) * d], t))
+            .map(|(&l, &t)| cos(&c.centroids()[l as usize * d..(l as usize + 1) * d], t))
             .sum::<f64>()
             / n;
         assert!(
@@ -370,7 +376,7 @@ fn plus_plus_independent_of_thread_count() {
     }
     // The option is wired: the random init from the same seed starts elsewhere.
     let random = ClusterParams::new(k).seed(9).max_iters(8).validate().unwrap();
-    assert_ne!(kmeans(&random, &heads[0], d).unwrap().objective_history[0], single.objective_history[0]);
+    assert_ne!(kmeans(&random, &heads[0], d).unwrap().objective_history()[0], single.objective_history()[0]);
 }
 
 /// `blobs` random directions in `d` dimensions, `per` rows each, with a tiny noise (1e-3 per
@@ -416,7 +422,7 @@ fn plus_plus_seeds_one_centre_per_blob() {
                 let p = ClusterParams::new(blobs).seed(seed).max_iters(0).init(init).validate().unwrap();
                 let c = kmeans(&p, &rows, d).unwrap();
                 check_invariants(&c, &rows, d, blobs, 0).unwrap();
-                one_cluster_per_class(&c.labels, &truth, blobs)
+                one_cluster_per_class(c.labels(), &truth, blobs)
             })
             .count()
     };
@@ -426,8 +432,8 @@ fn plus_plus_seeds_one_centre_per_blob() {
     for seed in seeds {
         let p = ClusterParams::new(blobs).seed(seed).init(Init::PlusPlus).validate().unwrap();
         let c = kmeans(&p, &rows, d).unwrap();
-        assert!(one_cluster_per_class(&c.labels, &truth, blobs), "seed {seed}");
-        assert!(c.sizes.iter().all(|&s| s as usize == per), "seed {seed}: {:?}", c.sizes);
+        assert!(one_cluster_per_class(c.labels(), &truth, blobs), "seed {seed}");
+        assert!(c.sizes().iter().all(|&s| s as usize == per), "seed {seed}: {:?}", c.sizes());
     }
 }
 
@@ -439,29 +445,29 @@ fn plus_plus_edge_cases() {
     let rows: Vec<f32> = [0.5f32, -1.0, 2.0].repeat(20);
     let p = ClusterParams::new(4).init(Init::PlusPlus).validate().unwrap();
     let c = kmeans(&p, &rows, d).unwrap();
-    assert_eq!(c.sizes, [20, 0, 0, 0]);
-    assert_eq!(c.centroids, [0.5f32, -1.0, 2.0].repeat(4));
+    assert_eq!(c.sizes(), [20, 0, 0, 0]);
+    assert_eq!(c.centroids(), [0.5f32, -1.0, 2.0].repeat(4));
     // All rows zero.
     let zeros = vec![0.0f32; 30 * d];
     let c = kmeans(&p, &zeros, d).unwrap();
-    assert_eq!(c.sizes, [30, 0, 0, 0]);
-    assert!(c.centroids.iter().all(|&v| v == 0.0));
+    assert_eq!(c.sizes(), [30, 0, 0, 0]);
+    assert!(c.centroids().iter().all(|&v| v == 0.0));
     // n = k = 1 and n = k.
     let one = ClusterParams::new(1).init(Init::PlusPlus).validate().unwrap();
-    assert_eq!(kmeans(&one, &[3.0f32, -4.0], 2).unwrap().centroids, [3.0, -4.0]);
+    assert_eq!(kmeans(&one, &[3.0f32, -4.0], 2).unwrap().centroids(), [3.0, -4.0]);
     let (n, d) = (120, 5);
     let rows = uniform_rows(n, d, 8);
     let p = ClusterParams::new(n).seed(2).init(Init::PlusPlus).validate().unwrap();
     let c = kmeans(&p, &rows, d).unwrap();
-    assert!(c.sizes.iter().all(|&s| s == 1));
+    assert!(c.sizes().iter().all(|&s| s == 1));
     check_invariants(&c, &rows, d, n, 20).unwrap();
     // d = 1: two directions; k-means++ always seeds one of each sign, so they separate.
     let rows: Vec<f32> = (0..50).map(|i| if i % 2 == 0 { 1.0 + i as f32 } else { -1.0 - i as f32 }).collect();
     for seed in 0..8 {
         let p = ClusterParams::new(2).seed(seed).init(Init::PlusPlus).validate().unwrap();
         let c = kmeans(&p, &rows, 1).unwrap();
-        assert_eq!(c.sizes, [25, 25], "seed {seed}");
-        assert_ne!(c.labels[0], c.labels[1]);
+        assert_eq!(c.sizes(), [25, 25], "seed {seed}");
+        assert_ne!(c.labels()[0], c.labels()[1]);
     }
 }
 
@@ -496,10 +502,10 @@ fn zero_norm_rows_are_fine() {
     // still finite.
     let zeros = vec![0.0f32; 50 * d];
     let c = kmeans(&params(3, 1), &zeros, d).unwrap();
-    assert!(c.labels.iter().all(|&l| l == 0));
-    assert_eq!(c.sizes, [50, 0, 0]);
-    assert!(c.centroids.iter().all(|&v| v == 0.0));
-    assert_eq!(c.objective, 0.0);
+    assert!(c.labels().iter().all(|&l| l == 0));
+    assert_eq!(c.sizes(), [50, 0, 0]);
+    assert!(c.centroids().iter().all(|&v| v == 0.0));
+    assert_eq!(c.objective(), 0.0);
     check_invariants(&c, &zeros, d, 3, 20).unwrap();
 }
 
@@ -510,10 +516,10 @@ fn ties_go_to_lower_cluster_and_empty_clusters_keep_centroid() {
     let d = 3;
     let rows: Vec<f32> = [0.5f32, -1.0, 2.0].repeat(20);
     let c = kmeans(&params(4, 0), &rows, d).unwrap();
-    assert!(c.labels.iter().all(|&l| l == 0));
-    assert_eq!(c.sizes, [20, 0, 0, 0]);
-    assert_eq!(c.centroids, [0.5f32, -1.0, 2.0].repeat(4));
-    assert_eq!(c.iterations, 1);
+    assert!(c.labels().iter().all(|&l| l == 0));
+    assert_eq!(c.sizes(), [20, 0, 0, 0]);
+    assert_eq!(c.centroids(), [0.5f32, -1.0, 2.0].repeat(4));
+    assert_eq!(c.iterations(), 1);
     check_invariants(&c, &rows, d, 4, 20).unwrap();
 }
 
@@ -524,7 +530,7 @@ fn thousand_clusters() {
     let p = ClusterParams::new(k).seed(1).max_iters(10).validate().unwrap();
     let c = kmeans(&p, &rows, d).unwrap();
     check_invariants(&c, &rows, d, k, 10).unwrap();
-    assert!(c.sizes.iter().filter(|&&s| s > 0).count() > 900);
+    assert!(c.sizes().iter().filter(|&&s| s > 0).count() > 900);
 }
 
 #[test]
@@ -532,7 +538,7 @@ fn n_equals_k_gives_singletons() {
     let (n, d) = (300, 6);
     let rows = uniform_rows(n, d, 8);
     let c = kmeans(&params(n, 2), &rows, d).unwrap();
-    assert!(c.sizes.iter().all(|&s| s == 1));
+    assert!(c.sizes().iter().all(|&s| s == 1));
     check_invariants(&c, &rows, d, n, 20).unwrap();
 }
 
@@ -541,7 +547,7 @@ fn errors() {
     let p = params(4, 0);
     assert_eq!(kmeans(&p, &[1.0f32; 9], 3), Err(ClusterError::TooFewRows { rows: 3, clusters: 4 }));
     assert_eq!(kmeans(&p, &[] as &[f32], 3), Err(ClusterError::TooFewRows { rows: 0, clusters: 4 }));
-    assert_eq!(kmeans(&p, &[1.0f32; 8], 0), Err(ClusterError::ZeroDim));
+    assert_eq!(kmeans(&p, &[1.0f32; 8], 0), Err(ClusterError::Param(ckv_core::ParamError::zero_dim())));
     assert_eq!(kmeans(&p, &[1.0f32; 10], 3), Err(ClusterError::ShapeMismatch { len: 10, d: 3 }));
 
     let mut rows = vec![1.0f32; 10 * 3];
@@ -562,7 +568,7 @@ fn errors() {
 
     assert_eq!(
         ClusterParams::new(0).validate(),
-        Err(ClusterError::InvalidParam { name: "n_clusters", value: "0".into(), expected: "at least 1" })
+        Err(ClusterError::from(ckv_core::ParamError::new("n_clusters", "0", "at least 1")))
     );
 
     // kmeans_heads reports the first invalid head, in input order.
@@ -596,13 +602,13 @@ fn f16_matches_f32_of_the_same_values() {
 fn edge_sizes() {
     // n = k = 1.
     let c = kmeans(&params(1, 0), &[3.0f32, -4.0], 2).unwrap();
-    assert_eq!(c.labels, [0]);
-    assert_eq!(c.sizes, [1]);
-    assert_eq!(c.centroids, [3.0, -4.0]);
-    assert_eq!(c.iterations, 1);
+    assert_eq!(c.labels(), [0]);
+    assert_eq!(c.sizes(), [1]);
+    assert_eq!(c.centroids(), [3.0, -4.0]);
+    assert_eq!(c.iterations(), 1);
     // J = |x| cos = 5 (up to the f32 rounding of the unit centroid).
-    assert!((c.objective - 5.0).abs() < 1e-6, "{}", c.objective);
-    assert_eq!(c.objective_history, [c.objective; 2]);
+    assert!((c.objective() - 5.0).abs() < 1e-6, "{}", c.objective());
+    assert_eq!(c.objective_history(), [c.objective(); 2]);
 
     // d = 1: cosine is +-1, so rows of one sign always share a label, and positives and
     // negatives are separated exactly when the initial centroids have opposite signs.
@@ -611,14 +617,14 @@ fn edge_sizes() {
     for seed in 0..8 {
         let c = kmeans(&params(2, seed), &rows, 1).unwrap();
         check_invariants(&c, &rows, 1, 2, 20).unwrap();
-        assert!(c.labels.iter().step_by(2).all(|&l| l == c.labels[0]), "seed {seed}");
-        assert!(c.labels.iter().skip(1).step_by(2).all(|&l| l == c.labels[1]), "seed {seed}");
-        if c.labels[0] != c.labels[1] {
-            assert_eq!(c.sizes, [25, 25]);
+        assert!(c.labels().iter().step_by(2).all(|&l| l == c.labels()[0]), "seed {seed}");
+        assert!(c.labels().iter().skip(1).step_by(2).all(|&l| l == c.labels()[1]), "seed {seed}");
+        if c.labels()[0] != c.labels()[1] {
+            assert_eq!(c.sizes(), [25, 25]);
             separated += 1;
         } else {
             // Same-sign initial centroids: every row ties, so everything goes to cluster 0.
-            assert_eq!(c.sizes, [50, 0]);
+            assert_eq!(c.sizes(), [50, 0]);
         }
     }
     assert!(separated > 0);
@@ -628,13 +634,13 @@ fn edge_sizes() {
     let rows = uniform_rows(n, d, 3);
     let p = ClusterParams::new(k).seed(2).max_iters(0).validate().unwrap();
     let c = kmeans(&p, &rows, d).unwrap();
-    assert_eq!(c.iterations, 0);
-    assert_eq!(c.objective_history.len(), 1);
-    assert!(c.objective > c.objective_history[0]);
+    assert_eq!(c.iterations(), 0);
+    assert_eq!(c.objective_history().len(), 1);
+    assert!(c.objective() > c.objective_history()[0]);
     check_invariants(&c, &rows, d, k, 0).unwrap();
     // Its labels are those of the first assignment of a longer run.
     let longer = kmeans(&params(k, 2), &rows, d).unwrap();
-    assert_eq!(longer.objective_history[0], c.objective_history[0]);
+    assert_eq!(longer.objective_history()[0], c.objective_history()[0]);
 }
 
 #[test]
@@ -643,15 +649,97 @@ fn max_iters_hit_still_returns_member_means() {
     let rows = uniform_rows(n, d, 4);
     let p = ClusterParams::new(k).seed(5).max_iters(2).validate().unwrap();
     let c = kmeans(&p, &rows, d).unwrap();
-    assert_eq!(c.iterations, 2, "uniform data does not converge in 2 rounds");
+    assert_eq!(c.iterations(), 2, "uniform data does not converge in 2 rounds");
     check_invariants(&c, &rows, d, k, 2).unwrap();
     // The first three history entries agree with an uncapped run.
     let full = kmeans(&params(k, 5), &rows, d).unwrap();
-    assert_eq!(c.objective_history[..], full.objective_history[..3]);
+    assert_eq!(c.objective_history()[..], full.objective_history()[..3]);
 }
 
 #[test]
 fn element_names() {
     assert_eq!(<f32 as Element>::NAME, "f32");
     assert_eq!(<f16 as Element>::NAME, "f16");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// `kmeans_view` is bitwise `kmeans` on the view's memory, f32 and f16; `kmeans_heads_view`
+    /// is bitwise `kmeans_heads` on the heads of a head-major array.
+    #[test]
+    fn views_equal_slices(
+        n in 1usize..=200,
+        d in 1usize..=17,
+        heads in 1usize..=3,
+        k_frac in 0.0f64..1.0,
+        mode in 0u8..4,
+        seed in any::<u64>(),
+        data_seed in any::<u64>(),
+        plus_plus in any::<bool>(),
+    ) {
+        let k = 1 + ((n.min(20) - 1) as f64 * k_frac).round() as usize;
+        let init = if plus_plus { Init::PlusPlus } else { Init::RandomRows };
+        let p = ClusterParams::new(k).seed(seed).init(init).validate().unwrap();
+        let rows = gen_rows(mode, n * heads, d, data_seed);
+        let all = ndarray::ArrayView3::from_shape((heads, n, d), &rows).unwrap();
+        let one = all.index_axis(ndarray::Axis(0), 0);
+        prop_assert_eq!(kmeans_view(&p, one).unwrap(), kmeans(&p, &rows[..n * d], d).unwrap());
+        let half_rows: Vec<f16> = rows.iter().map(|&v| f16::from_f32(v)).collect();
+        let half_view = ndarray::ArrayView2::from_shape((n, d), &half_rows[..n * d]).unwrap();
+        prop_assert_eq!(kmeans_view(&p, half_view).unwrap(), kmeans(&p, &half_rows[..n * d], d).unwrap());
+        let slices: Vec<&[f32]> = rows.chunks_exact(n * d).collect();
+        prop_assert_eq!(kmeans_heads_view(&p, all).unwrap(), kmeans_heads(&p, &slices, d).unwrap());
+    }
+}
+
+#[test]
+fn views_not_in_standard_layout_are_refused_by_shape() {
+    let p = params(2, 0);
+    let rows = uniform_rows(40, 4, 1);
+    let keys = ndarray::Array2::from_shape_vec((40, 4), rows.clone()).unwrap();
+    // Every other row, a transposed view, one head of a token-major [P, Hkv, d] array.
+    let strided = keys.slice(ndarray::s![..;2, ..]);
+    assert_eq!(
+        kmeans_view(&p, strided),
+        Err(ClusterError::Value(ckv_core::ValueError::NotContiguous {
+            what: "keys",
+            shape: vec![20, 4],
+            strides: vec![8, 1]
+        }))
+    );
+    let err = kmeans_view(&p, keys.t()).unwrap_err();
+    assert!(err.to_string().contains("[4, 40]") && err.to_string().contains("[1, 4]"), "{err}");
+    let token_major = ndarray::ArrayView3::from_shape((20, 2, 4), &rows).unwrap();
+    let head = token_major.index_axis(ndarray::Axis(1), 1);
+    assert!(matches!(
+        kmeans_view(&p, head),
+        Err(ClusterError::Value(ckv_core::ValueError::NotContiguous { ref shape, .. })) if shape == &[20, 4]
+    ));
+    // Head-major by permuting the axes is not standard either.
+    let permuted = token_major.permuted_axes([1, 0, 2]);
+    assert!(matches!(kmeans_heads_view(&p, permuted), Err(ClusterError::Value(_))));
+    // A standard copy works, and the errors of `kmeans` come through.
+    assert!(kmeans_view(&p, head.as_standard_layout().view()).is_ok());
+    let empty = ndarray::Array2::<f32>::zeros((5, 0));
+    assert_eq!(kmeans_view(&p, empty.view()), Err(ClusterError::Param(ckv_core::ParamError::zero_dim())));
+    let one_row = ndarray::Array2::<f32>::ones((1, 3));
+    assert_eq!(kmeans_view(&p, one_row.view()), Err(ClusterError::TooFewRows { rows: 1, clusters: 2 }));
+}
+
+#[test]
+fn from_parts_round_trips_a_kmeans_result() {
+    let (n, d, k) = (300, 6, 7);
+    let rows = uniform_rows(n, d, 8);
+    let c = kmeans(&params(k, 1), &rows, d).unwrap();
+    let rebuilt =
+        Clustering::from_parts(c.d(), c.labels().to_vec(), c.centroids().to_vec(), c.sizes().to_vec())
+            .unwrap();
+    assert_eq!(
+        (rebuilt.labels(), rebuilt.centroids(), rebuilt.sizes()),
+        (c.labels(), c.centroids(), c.sizes())
+    );
+    assert_eq!(rebuilt.centroids_view(), c.centroids_view());
+    assert_eq!(c.centroids_view().row(3).as_slice(), Some(c.centroid(3)));
+    assert_eq!((rebuilt.iterations(), rebuilt.objective_history()), (0, &[][..]));
 }

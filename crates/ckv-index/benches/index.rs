@@ -12,6 +12,7 @@
 use std::hint::black_box;
 
 use ckv_cluster::{ClusterParams, kmeans};
+use ckv_core::ParamGuard;
 use ckv_index::ClusterIndex;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 

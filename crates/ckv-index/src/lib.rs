@@ -3,10 +3,13 @@
 //! One [`ClusterIndex`] per (sequence, layer, KV head) stores the clustered keys in a CSR
 //! layout: centroids `[C, d]` (f32, and rounded to f16: the copy a decode step scores, half
 //! the bytes), sizes `[C]`, offsets `[C + 1]` (prefix sums of the sizes) and members `[n]`
-//! (absolute token ids grouped by cluster, ascending inside each cluster). The prompt's clustering builds it; every decode window's clustering is
-//! appended to it; old clusters are never re-clustered.
+//! (absolute token ids grouped by cluster, ascending inside each cluster). The prompt's
+//! clustering builds it; every decode window's clustering is appended to it; old clusters are
+//! never re-clustered. [`ClusterIndex::centroids_view`] and
+//! [`ClusterIndex::centroids_f16_view`] give the centroids as `ndarray` views `[C, d]`.
 //!
 //! ```
+//! use ckv_core::ParamGuard;
 //! use ckv_cluster::{kmeans, ClusterParams};
 //! use ckv_index::ClusterIndex;
 //!
@@ -26,13 +29,14 @@
 
 use ckv_cluster::Clustering;
 use half::f16;
+use ndarray::ArrayView2;
 
 /// Errors of the cluster index.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum IndexError {
-    /// The head dimension was zero.
-    #[error("head dimension must be at least 1, got 0")]
-    ZeroDim,
+    /// A head dimension of 0.
+    #[error(transparent)]
+    Param(#[from] ckv_core::ParamError),
     /// A clustering of another head dimension was appended.
     #[error("clustering has head dimension {given}, the index has {expected}")]
     DimMismatch {
@@ -41,9 +45,6 @@ pub enum IndexError {
         /// The clustering's head dimension.
         given: usize,
     },
-    /// A clustering whose arrays disagree with each other.
-    #[error("malformed clustering: {0}")]
-    Malformed(&'static str),
     /// Token ids would not fit in `u32`.
     #[error("token id {first_token} + {rows} rows overflows u32")]
     TokenOverflow {
@@ -69,7 +70,7 @@ impl ClusterIndex {
     /// An empty index for keys of head dimension `d`.
     pub fn new(d: usize) -> Result<Self, IndexError> {
         if d == 0 {
-            return Err(IndexError::ZeroDim);
+            return Err(IndexError::Param(ckv_core::ParamError::zero_dim()));
         }
         Ok(Self {
             d,
@@ -84,48 +85,41 @@ impl ClusterIndex {
     /// Appends the clusters of `clustering`, whose row `i` is the token `first_token + i`.
     ///
     /// The new clusters get the ids `n_clusters()..n_clusters() + clustering.n_clusters()`;
-    /// their members are listed in ascending token order.
+    /// their members are listed in ascending token order. A [`Clustering`] is consistent by
+    /// construction (labels, sizes and centroids agree), so only how it relates to this index
+    /// is checked; an error leaves the index unchanged.
+    ///
+    /// # Errors
+    /// [`IndexError::DimMismatch`] if the clustering's `d` is not the index's,
+    /// [`IndexError::TokenOverflow`] if `first_token + rows` does not fit in `u32`.
     pub fn append(&mut self, clustering: &Clustering, first_token: u32) -> Result<(), IndexError> {
-        if clustering.d != self.d {
-            return Err(IndexError::DimMismatch { expected: self.d, given: clustering.d });
+        if clustering.d() != self.d {
+            return Err(IndexError::DimMismatch { expected: self.d, given: clustering.d() });
         }
-        let k = clustering.sizes.len();
-        if clustering.centroids.len() != k * self.d {
-            return Err(IndexError::Malformed("centroids are not [sizes.len(), d]"));
-        }
-        let rows = clustering.labels.len();
+        let rows = clustering.n_rows();
         if first_token.checked_add(u32::try_from(rows).unwrap_or(u32::MAX)).is_none() {
             return Err(IndexError::TokenOverflow { first_token, rows });
         }
-        // Check everything before mutating, so that an error leaves the index unchanged.
-        let mut counts = vec![0u32; k];
-        for &label in &clustering.labels {
-            *counts
-                .get_mut(label as usize)
-                .ok_or(IndexError::Malformed("a label is not below the number of clusters"))? += 1;
-        }
-        if counts != clustering.sizes {
-            return Err(IndexError::Malformed("sizes disagree with the labels"));
-        }
         // Counting sort of the rows by label; stable, so members ascend inside a cluster.
+        let (sizes, labels, centroids) = (clustering.sizes(), clustering.labels(), clustering.centroids());
         let base = self.members.len();
-        let mut cursor = Vec::with_capacity(k);
+        let mut cursor = Vec::with_capacity(sizes.len());
         let mut next = base;
-        for &size in &clustering.sizes {
+        for &size in sizes {
             cursor.push(next);
             next += size as usize;
         }
         self.members.resize(next, 0);
-        for (row, &label) in clustering.labels.iter().enumerate() {
+        for (row, &label) in labels.iter().enumerate() {
             let slot = &mut cursor[label as usize];
             // `first_token + rows` fits in u32 (checked above).
             self.members[*slot] = first_token + row as u32;
             *slot += 1;
         }
-        self.centroids.extend_from_slice(&clustering.centroids);
-        self.centroids_f16.extend(clustering.centroids.iter().map(|&c| f16::from_f32(c)));
+        self.centroids.extend_from_slice(centroids);
+        self.centroids_f16.extend(centroids.iter().map(|&c| f16::from_f32(c)));
         let mut end = *self.offsets.last().unwrap_or(&0);
-        for &size in &clustering.sizes {
+        for &size in sizes {
             end += size;
             self.sizes.push(size);
             self.offsets.push(end);
@@ -157,6 +151,18 @@ impl ClusterIndex {
     /// decode step scores, so that ranking reads half the bytes of the f32 centroids.
     pub fn centroids_f16(&self) -> &[f16] {
         &self.centroids_f16
+    }
+
+    /// All centroids as a `[C, d]` view of [`centroids`](Self::centroids) (no copy).
+    pub fn centroids_view(&self) -> ArrayView2<'_, f32> {
+        ArrayView2::from_shape((self.n_clusters(), self.d), &self.centroids).expect("centroids are [C, d]")
+    }
+
+    /// The f16 centroids as a `[C, d]` view of [`centroids_f16`](Self::centroids_f16) (no
+    /// copy).
+    pub fn centroids_f16_view(&self) -> ArrayView2<'_, f16> {
+        ArrayView2::from_shape((self.n_clusters(), self.d), &self.centroids_f16)
+            .expect("centroids are [C, d]")
     }
 
     /// The centroid of cluster `c`.
@@ -207,15 +213,7 @@ mod tests {
         for &l in &labels {
             sizes[l as usize] += 1;
         }
-        Clustering {
-            d,
-            labels,
-            centroids: (0..k * d).map(|i| i as f32).collect(),
-            sizes,
-            iterations: 1,
-            objective: 0.0,
-            objective_history: vec![0.0],
-        }
+        Clustering::from_parts(d, labels, (0..k * d).map(|i| i as f32).collect(), sizes).unwrap()
     }
 
     #[test]
@@ -236,20 +234,31 @@ mod tests {
     }
 
     #[test]
-    fn rejects_bad_clusterings() {
-        assert_eq!(ClusterIndex::new(0), Err(IndexError::ZeroDim));
+    fn views_are_the_slices() {
+        let mut index = ClusterIndex::new(3).unwrap();
+        assert_eq!(index.centroids_view().shape(), &[0, 3]);
+        index.append(&clustering(vec![1, 0, 1, 1, 0], 2, 3), 0).unwrap();
+        index.append(&clustering(vec![0, 0], 1, 3), 5).unwrap();
+        let (view, half) = (index.centroids_view(), index.centroids_f16_view());
+        assert_eq!((view.shape(), half.shape()), (&[3, 3][..], &[3, 3][..]));
+        assert_eq!(view.as_slice(), Some(index.centroids()));
+        assert_eq!(half.as_slice(), Some(index.centroids_f16()));
+        for c in 0..index.n_clusters() {
+            assert_eq!(view.row(c).as_slice(), Some(index.centroid(c)));
+        }
+    }
+
+    #[test]
+    fn rejects_clusterings_that_do_not_fit() {
+        assert_eq!(ClusterIndex::new(0), Err(IndexError::Param(ckv_core::ParamError::zero_dim())));
         let mut index = ClusterIndex::new(2).unwrap();
         let wrong_d = clustering(vec![0], 1, 3);
         assert_eq!(index.append(&wrong_d, 0), Err(IndexError::DimMismatch { expected: 2, given: 3 }));
-        let mut bad = clustering(vec![0, 1], 2, 2);
-        bad.labels[1] = 5;
-        assert!(matches!(index.append(&bad, 0), Err(IndexError::Malformed(_))));
-        let mut bad_sizes = clustering(vec![0, 1], 2, 2);
-        bad_sizes.sizes = vec![2, 1];
-        assert!(matches!(index.append(&bad_sizes, 0), Err(IndexError::Malformed(_))));
         assert!(matches!(
             index.append(&clustering(vec![0, 0], 1, 2), u32::MAX - 1),
             Err(IndexError::TokenOverflow { .. })
         ));
+        // Errors leave the index unchanged.
+        assert_eq!(index, ClusterIndex::new(2).unwrap());
     }
 }

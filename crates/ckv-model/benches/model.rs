@@ -14,7 +14,8 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use ckv_model::{GgmlType, argmax, dequantize, nll, rope, rope_inv_freq};
+use ckv_core::{rope, rope_inv_freq};
+use ckv_model::{GgmlType, argmax, dequantize, nll};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use half::f16;
 

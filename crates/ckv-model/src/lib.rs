@@ -42,6 +42,6 @@ pub use config::LlamaConfig;
 pub use error::{GgufError, ModelError};
 pub use gguf::{GgufFile, GgufValue, TensorInfo};
 pub use model::{DecodeObserver, Model, PREFILL_CHUNK, PromptSnapshot, Runner, Sequence};
-pub use ops::{argmax, nll, rope, rope_inv_freq};
+pub use ops::{argmax, nll};
 pub use quant::{GgmlType, dequantize};
 pub use tokenizer::{Tokenizer, TokenizerError};

@@ -8,11 +8,12 @@ use ckv_attn::{
     DecodeInput, LayerPipeline, OffloadParams, PipelineConfig, PrefillInput, PrefillSnapshot, SeqId,
     TierStats,
 };
+use ckv_core::{ParamGuard, rope, rope_inv_freq};
 use ckv_select::SelectParams;
 use half::f16;
 use rayon::prelude::*;
 
-use crate::ops::{LinearScratch, linear, rms_norm, rope, rope_inv_freq, swiglu};
+use crate::ops::{LinearScratch, argmax, linear, rms_norm, swiglu};
 use crate::weights::{Block, Weights};
 use crate::{GgmlType, GgufFile, LlamaConfig, ModelError};
 
@@ -81,6 +82,13 @@ impl Model {
         let mut out = vec![0.0f32; n * self.config.vocab];
         linear(hidden, self.weights.head(), &mut out, &mut LinearScratch::default());
         out
+    }
+
+    /// The greedy next token after final hidden states `[n, hidden]` (a prefill's): the
+    /// argmax of the last row's logits.
+    pub fn greedy_next(&self, hidden: &[f32]) -> u32 {
+        let h = self.config.hidden;
+        argmax(&self.logits(&hidden[hidden.len().saturating_sub(h)..]))
     }
 
     /// Bytes the weights hold in memory: quantized matrices in their GGUF blocks (inside the
@@ -425,6 +433,18 @@ impl Runner<'_> {
         w.logits.resize(n * self.model.config.vocab, 0.0);
         linear(&w.hidden, self.model.weights.head(), &mut w.logits, &mut w.acts.scratch);
         &w.logits
+    }
+
+    /// One greedy decode step: [`decode`](Self::decode)s the token of each `(sequence,
+    /// token)` of `batch`, then replaces each token by the argmax of its logits, the token
+    /// to feed next. Allocation-free once warm, as `decode` is.
+    pub fn decode_greedy(&mut self, batch: &mut [(&mut Sequence, u32)]) -> Result<(), ModelError> {
+        self.decode(batch)?;
+        let vocab = self.model.config.vocab;
+        for ((_, next), logits) in batch.iter_mut().zip(self.logits().chunks_exact(vocab)) {
+            *next = argmax(logits);
+        }
+        Ok(())
     }
 
     /// Frees a sequence's KV in every layer.

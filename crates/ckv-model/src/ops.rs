@@ -2,7 +2,7 @@
 
 use std::cell::RefCell;
 
-use ckv_cluster::{matmul_nt, score_rows};
+use ckv_core::{matmul_nt, score_rows};
 use rayon::prelude::*;
 
 use crate::quant::DotKernel;
@@ -160,25 +160,6 @@ pub(crate) fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
-/// RoPE frequencies of a head of dimension `head_dim`: `base^(-2i / head_dim)` for each pair
-/// `i`.
-pub fn rope_inv_freq(base: f32, head_dim: usize) -> Vec<f32> {
-    (0..head_dim / 2).map(|i| base.powf(-2.0 * i as f32 / head_dim as f32)).collect()
-}
-
-/// Rotates adjacent pairs `(x[2i], x[2i+1])` of every head (`inv_freq.len() * 2` wide) of
-/// the row `x` by `position * inv_freq[i]` (see [`rope_inv_freq`]).
-pub fn rope(x: &mut [f32], position: usize, inv_freq: &[f32]) {
-    for head in x.chunks_exact_mut(inv_freq.len() * 2) {
-        for (pair, &f) in head.chunks_exact_mut(2).zip(inv_freq) {
-            let (sin, cos) = (position as f32 * f).sin_cos();
-            let (a, b) = (pair[0], pair[1]);
-            pair[0] = a * cos - b * sin;
-            pair[1] = a * sin + b * cos;
-        }
-    }
-}
-
 /// `gate = silu(gate) * up`, element-wise.
 pub(crate) fn swiglu(gate: &mut [f32], up: &[f32]) {
     for (g, u) in gate.iter_mut().zip(up) {
@@ -215,25 +196,11 @@ mod tests {
     }
 
     #[test]
-    fn rope_preserves_norm_and_position_zero() {
-        let inv_freq = rope_inv_freq(10000.0, 4);
-        let mut x = [1.0f32, 2.0, 3.0, 4.0];
-        rope(&mut x, 0, &inv_freq);
-        assert_eq!(x, [1.0, 2.0, 3.0, 4.0]);
-        rope(&mut x, 17, &inv_freq);
-        let norm: f32 = x.iter().map(|v| v * v).sum();
-        assert!((norm - 30.0).abs() < 1e-4);
-    }
-
-    #[test]
     fn norms_rotations_and_nll() {
         let mut out = [0.0f32; 2];
         rms_norm(&[3.0, 4.0], &[1.0, 2.0], 0.0, &mut out);
         let inv = 1.0 / 12.5f32.sqrt();
         assert_eq!(out, [3.0 * inv, 8.0 * inv]);
-        let mut x = [1.0f32, 0.0, 0.0, 1.0];
-        rope(&mut x, 1, &[std::f32::consts::FRAC_PI_2]);
-        assert!((x[0]).abs() < 1e-6 && (x[1] - 1.0).abs() < 1e-6 && (x[2] + 1.0).abs() < 1e-6);
         let mut g = [0.0f32, 2.0];
         swiglu(&mut g, &[5.0, 1.0]);
         assert_eq!(g[0], 0.0);

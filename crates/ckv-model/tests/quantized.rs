@@ -7,12 +7,7 @@ mod common;
 
 use ckv_model::{GgmlType, GgufError, GgufFile, Model, ModelError};
 use ckv_select::{Method, SelectParams};
-use common::{TINY, as_f32, model_with, temp_file, tiny_model};
-
-fn rel_err(a: &[f32], b: &[f32]) -> f64 {
-    let diff: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>().sqrt();
-    diff / b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt()
-}
+use common::{TINY, as_f32, model_with, rel_err, temp_file, tiny_model};
 
 /// Logits of a prefill of 24 tokens, then of 8 decode steps.
 fn logits(model: &Model) -> (Vec<f32>, Vec<Vec<f32>>) {

@@ -4,18 +4,12 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use ckv_model::{GgmlType, GgufFile};
-use common::asset;
-
-fn model_path() -> Option<PathBuf> {
-    asset("CKV_MODEL", "SmolLM2-135M-Instruct.Q4_1.gguf")
-}
+use common::{asset, default_model_path};
 
 #[test]
 fn default_model_matches_design_section_7() {
-    let Some(path) = model_path() else {
+    let Some(path) = default_model_path() else {
         eprintln!("skipped: no default model (run `cargo xtask fetch` or set CKV_MODEL)");
         return;
     };
@@ -101,7 +95,7 @@ fn check_perplexity(path: &std::path::Path, llama_cpp: f64) {
 /// The default model (Q4_1) keeps its perplexity within 1% of llama.cpp's.
 #[test]
 fn perplexity_is_within_one_percent_of_llama_cpp() {
-    match model_path() {
+    match default_model_path() {
         Some(path) => check_perplexity(&path, LLAMA_CPP_PERPLEXITY),
         None => eprintln!("skipped: no default model (run `cargo xtask fetch`)"),
     }

@@ -8,7 +8,7 @@ mod common;
 use std::time::Instant;
 
 use ckv_model::{GgufError, GgufFile, Tokenizer, TokenizerError};
-use common::{Val, asset, gguf_bytes, temp_file};
+use common::{Val, default_model_path, default_text_path, gguf_bytes, temp_file};
 
 // ---------------------------------------------------------------------------------------
 // Tiny GGUF files.
@@ -154,7 +154,7 @@ fn typed_errors() {
 // The default model and text.
 
 fn default_tokenizer() -> Option<Tokenizer> {
-    let Some(path) = asset("CKV_MODEL", "SmolLM2-135M-Instruct.Q4_1.gguf") else {
+    let Some(path) = default_model_path() else {
         eprintln!("skipped: no default model (run `cargo xtask fetch` or set CKV_MODEL)");
         return None;
     };
@@ -165,7 +165,7 @@ fn default_tokenizer() -> Option<Tokenizer> {
 }
 
 fn default_text() -> Option<String> {
-    let Some(path) = asset("CKV_TEXT", "moby-dick.txt") else {
+    let Some(path) = default_text_path() else {
         eprintln!("skipped: no default text (run `cargo xtask fetch` or set CKV_TEXT)");
         return None;
     };

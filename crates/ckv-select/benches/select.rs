@@ -17,6 +17,7 @@
 use std::hint::black_box;
 use std::time::Duration;
 
+use ckv_core::ParamGuard;
 use ckv_select::{GqaPolicy, Growth, Method, Regions, SelectParams, StepCtx, new_selector, select_group};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use half::f16;

@@ -4,15 +4,8 @@
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SelectError {
     /// A parameter outside its valid range.
-    #[error("invalid {name} = {value}: expected {expected}")]
-    InvalidParam {
-        /// The parameter.
-        name: &'static str,
-        /// Its value.
-        value: String,
-        /// What is accepted.
-        expected: String,
-    },
+    #[error(transparent)]
+    Param(#[from] ckv_core::ParamError),
     /// An unknown method name.
     #[error("unknown method {0:?}: expected one of dense, oracle, clusterkv, quest, streamingllm, h2o")]
     UnknownMethod(String),
@@ -20,15 +13,8 @@ pub enum SelectError {
     #[error("unknown GQA policy {0:?}: expected per-query-head or per-kv-head")]
     UnknownGqaPolicy(String),
     /// Regions that contradict each other.
-    #[error("invalid regions: sink {sink}, clustered end {clustered_end}, current {current}")]
-    Regions {
-        /// Sink length `s`.
-        sink: u32,
-        /// Clustered end `c`.
-        clustered_end: u32,
-        /// Current position `t`.
-        current: u32,
-    },
+    #[error(transparent)]
+    Regions(#[from] ckv_core::RegionsError),
     /// The context outgrew what the parameters were validated for.
     #[error(
         "context of {context} tokens exceeds max_context {max_context}, the longest context the budget was validated for"

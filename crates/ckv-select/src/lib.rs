@@ -10,7 +10,7 @@
 //! [`Method::H2o`].
 //!
 //! ```
-//! use ckv_select::{Growth, Method, Regions, SelectParams, StepCtx, new_selector, select_step};
+//! use ckv_select::{Growth, Method, ParamGuard, Regions, SelectParams, StepCtx, new_selector, select_step};
 //!
 //! let d = 4;
 //! let keys: Vec<f32> = (0..200 * d).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
@@ -38,10 +38,10 @@ mod mass;
 mod methods;
 mod params;
 mod rank;
-mod regions;
 mod selector;
 
 pub use ckv_cluster::Init;
+pub use ckv_core::{ParamGuard, Regions};
 pub use error::SelectError;
 pub use methods::{
     ClusterKvSelector, DenseSelector, H2oSelector, OracleSelector, QuestSelector, StreamingLlmSelector,
@@ -52,19 +52,4 @@ pub use params::{
     SelectParams, ValidSelectParams, default_tokens_per_cluster,
 };
 pub use rank::{partition_top, rank_covering, take_units};
-pub use regions::Regions;
 pub use selector::{Goal, Growth, Selector, StepCtx, select_group, select_step};
-
-/// A seed for one clustering derived from a base seed and identifying parts (layer, KV
-/// head, clustering number), mixed with SplitMix64 so that nearby inputs give unrelated
-/// seeds. It never depends on a sequence's place in a batch.
-pub fn derive_seed(base: u64, parts: &[u64]) -> u64 {
-    parts.iter().fold(splitmix64(base), |acc, &p| splitmix64(acc ^ splitmix64(p)))
-}
-
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}

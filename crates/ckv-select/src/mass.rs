@@ -4,7 +4,7 @@
 
 use std::ops::Range;
 
-use ckv_cluster::{Element, dot, score_rows};
+use ckv_core::{Element, dot, score_rows};
 
 use crate::StepCtx;
 

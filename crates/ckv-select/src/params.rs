@@ -4,6 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use ckv_cluster::Init;
+use ckv_core::ParamGuard;
 
 use crate::SelectError;
 
@@ -289,13 +290,19 @@ impl SelectParams {
         self.max_context = Some(max_context);
         self
     }
+}
 
-    /// Checks the parameters and resolves the derived ones.
-    pub fn validate(self) -> Result<ValidSelectParams, SelectError> {
-        let bad = |name: &'static str, value: usize, expected: String| SelectError::InvalidParam {
-            name,
-            value: value.to_string(),
-            expected,
+impl ParamGuard for SelectParams {
+    type Checked = ValidSelectParams;
+    type Error = SelectError;
+
+    fn check_ref(&self) -> Result<(), SelectError> {
+        self.clone().validate().map(drop)
+    }
+
+    fn validate(self) -> Result<ValidSelectParams, SelectError> {
+        let bad = |name: &'static str, value: usize, expected: String| {
+            SelectError::from(ckv_core::ParamError::new(name, value, expected))
         };
         if self.budget <= self.sink {
             return Err(bad(
@@ -310,18 +317,18 @@ impl SelectParams {
         }
         if let Some(p) = self.mass {
             if !(p > 0.0 && p <= 1.0) {
-                return Err(SelectError::InvalidParam {
-                    name: "mass",
-                    value: p.to_string(),
-                    expected: "a share of the attention mass in (0, 1]".into(),
-                });
+                return Err(SelectError::from(ckv_core::ParamError::new(
+                    "mass",
+                    p,
+                    "a share of the attention mass in (0, 1]",
+                )));
             }
             if !matches!(self.method, Method::ClusterKv | Method::Oracle | Method::Dense) {
-                return Err(SelectError::InvalidParam {
-                    name: "method",
-                    value: self.method.to_string(),
-                    expected: "clusterkv or oracle with a mass-targeted budget".into(),
-                });
+                return Err(SelectError::from(ckv_core::ParamError::new(
+                    "method",
+                    self.method,
+                    "clusterkv or oracle with a mass-targeted budget",
+                )));
             }
         }
         if self.quest_page_size == 0 {
@@ -363,6 +370,11 @@ pub struct ValidSelectParams {
 }
 
 impl ValidSelectParams {
+    /// The settings these were validated from (derived values unresolved).
+    pub fn params(&self) -> &SelectParams {
+        &self.params
+    }
+
     /// The method.
     pub fn method(&self) -> Method {
         self.params.method
@@ -468,7 +480,7 @@ mod tests {
         assert!(mass(1.0, Method::Oracle).is_ok());
         for p in [0.0, -0.5, 1.5, f32::NAN] {
             let err = mass(p, Method::ClusterKv).unwrap_err();
-            assert!(matches!(err, SelectError::InvalidParam { name: "mass", .. }), "{err}");
+            assert!(matches!(err, SelectError::Param(ckv_core::ParamError { name: "mass", .. })), "{err}");
         }
         let err = mass(0.9, Method::Quest).unwrap_err();
         assert!(err.to_string().contains("method = quest"), "{err}");
@@ -481,7 +493,7 @@ mod tests {
     #[test]
     fn budget_too_small_for_the_window_is_rejected() {
         let err = SelectParams::default().budget(200).window(320).validate().unwrap_err();
-        assert!(matches!(err, SelectError::InvalidParam { name: "budget", .. }), "{err}");
+        assert!(matches!(err, SelectError::Param(ckv_core::ParamError { name: "budget", .. })), "{err}");
         assert!(err.to_string().contains("337"), "{err}");
         // The same budget is fine when the whole context fits it.
         SelectParams::default().budget(200).window(320).max_context(200).validate().unwrap();

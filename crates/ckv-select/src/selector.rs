@@ -3,7 +3,7 @@
 
 use std::ops::Range;
 
-use ckv_cluster::Element;
+use ckv_core::Element;
 use ckv_index::ClusterIndex;
 
 use crate::{GqaPolicy, Method, Regions, SelectError, ValidSelectParams};
@@ -186,11 +186,11 @@ pub fn select_group<E: Element>(
     check_queries(step)?;
     let want = params.gqa().selections_per_group(step.n_queries);
     if outs.len() != want {
-        return Err(SelectError::InvalidParam {
-            name: "outs",
-            value: outs.len().to_string(),
-            expected: format!("{want} selection buffers for {} under {}", step.n_queries, params.gqa()),
-        });
+        return Err(SelectError::from(ckv_core::ParamError::new(
+            "outs",
+            outs.len().to_string(),
+            format!("{want} selection buffers for {} under {}", step.n_queries, params.gqa()),
+        )));
     }
     match params.gqa() {
         GqaPolicy::PerKvHead => select_step(selector, params, step, &mut outs[0]),

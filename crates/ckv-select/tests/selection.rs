@@ -5,7 +5,7 @@
 use std::cmp::Ordering;
 use std::collections::HashSet;
 
-use ckv_cluster::dot;
+use ckv_core::{ParamGuard, dot};
 use ckv_select::{
     Budget, GqaPolicy, Growth, Method, Regions, SelectError, SelectParams, Selector, StepCtx,
     ValidSelectParams, new_selector, select_group, select_step,
@@ -591,7 +591,7 @@ fn clusterkv_is_identical_across_thread_counts() {
         steps: u32,
     }
 
-    fn run<E: ckv_cluster::Element>(
+    fn run<E: ckv_core::Element>(
         threads: usize,
         keys: &[E],
         su: Setup,
@@ -682,7 +682,7 @@ fn bad_input_gets_typed_errors() {
     let step = StepCtx { queries: &q[..3], n_queries: 1, keys: &keys, d, scale: 0.125, regions };
     assert!(matches!(
         select_group(selector.as_mut(), &params, &step, &mut [Vec::new(), Vec::new()]),
-        Err(SelectError::InvalidParam { name: "outs", .. })
+        Err(SelectError::Param(ckv_core::ParamError { name: "outs", .. }))
     ));
 
     // Keys that do not reach the current token.
@@ -695,11 +695,11 @@ fn bad_input_gets_typed_errors() {
     // Regions that contradict each other.
     assert_eq!(
         Regions::new(10, 5, 20),
-        Err(SelectError::Regions { sink: 10, clustered_end: 5, current: 20 })
+        Err(ckv_core::RegionsError { sink: 10, clustered_end: 5, current: 20 })
     );
     assert_eq!(
         Regions::new(4, 30, 20),
-        Err(SelectError::Regions { sink: 4, clustered_end: 30, current: 20 })
+        Err(ckv_core::RegionsError { sink: 4, clustered_end: 30, current: 20 })
     );
     assert!(Regions::new(4, 20, 20).is_ok());
 
@@ -708,19 +708,19 @@ fn bad_input_gets_typed_errors() {
         let p = SelectParams::new(method).budget(40).sink(16).window(30);
         let err = p.clone().validate().unwrap_err();
         assert!(
-            matches!(&err, SelectError::InvalidParam { name: "budget", value, .. } if value == "40"),
+            matches!(&err, SelectError::Param(ckv_core::ParamError { name: "budget", value, .. }) if value == "40"),
             "{err}"
         );
         assert!(err.to_string().contains("47"), "{err}");
         assert!(p.clone().max_context(40).validate().is_ok(), "the context fits the budget");
         assert!(matches!(
             p.max_context(41).validate(),
-            Err(SelectError::InvalidParam { name: "budget", .. })
+            Err(SelectError::Param(ckv_core::ParamError { name: "budget", .. }))
         ));
     }
     assert!(matches!(
         SelectParams::new(Method::Quest).budget(16).sink(16).validate(),
-        Err(SelectError::InvalidParam { name: "budget", .. })
+        Err(SelectError::Param(ckv_core::ParamError { name: "budget", .. }))
     ));
 
     // A context beyond max_context.

@@ -1,64 +1,15 @@
 //! Errors of the simulator.
 
-use std::path::PathBuf;
-
 /// Errors of `ckv-sim`.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SimError {
     /// A trace setting out of range.
-    #[error("invalid {name} = {value}: expected {expected}")]
-    InvalidConfig {
-        /// The setting.
-        name: &'static str,
-        /// Its value.
-        value: String,
-        /// What is accepted.
-        expected: &'static str,
-    },
+    #[error(transparent)]
+    Param(#[from] ckv_core::ParamError),
     /// The pipeline failed.
     #[error(transparent)]
     Attn(#[from] ckv_attn::AttnError),
-    /// A KV store rejected its input.
-    #[error(transparent)]
-    Cache(#[from] ckv_cache::CacheError),
-    /// A clustering was rejected.
-    #[error(transparent)]
-    Cluster(#[from] ckv_cluster::ClusterError),
-    /// The model failed to load or run.
-    #[error(transparent)]
-    Model(#[from] ckv_model::ModelError),
-    /// The tokenizer failed.
-    #[error(transparent)]
-    Tokenizer(#[from] ckv_model::TokenizerError),
     /// Selection parameters were rejected.
     #[error(transparent)]
     Select(#[from] ckv_select::SelectError),
-    /// The GPU failed (feature `cuda`).
-    #[cfg(feature = "cuda")]
-    #[error("GPU: {0}")]
-    Gpu(String),
-    /// Reading or writing a file failed.
-    #[error("i/o error on {}: {source}", path.display())]
-    Io {
-        /// The file or folder.
-        path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
-    },
-    /// llama.cpp's `llama-bench` (the bench's peer) failed, or its output was not understood.
-    #[error("`{command}`: {message}")]
-    Peer {
-        /// The command line run.
-        command: String,
-        /// What went wrong.
-        message: String,
-    },
-    /// Drawing a plot failed.
-    #[error("cannot draw plot {}: {message}", path.display())]
-    Plot {
-        /// The plot file.
-        path: PathBuf,
-        /// What went wrong.
-        message: String,
-    },
 }

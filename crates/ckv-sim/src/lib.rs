@@ -1,5 +1,5 @@
 //! The ClusterKV reference simulator: synthetic traces, attention-fidelity metrics, and the
-//! `clusterkv` command line.
+//! GPU-vs-CPU property tests (`tests/gpu.rs`, feature `cuda`).
 //!
 //! [`Trace::generate`] makes a seeded trace of clustered keys (RoPE applied) and queries
 //! that attend mostly to a few clusters; [`simulate`] decodes it through the real
@@ -7,13 +7,7 @@
 //! dense attention with [`fidelity`] (DESIGN section 8: top-k recall, attention-mass recall,
 //! output relative error).
 //!
-//! On a real model, [`evaluate`] runs the accuracy evaluation of DESIGN section 8
-//! (perplexity, copy and passkey retrieval, attention fidelity per layer) through
-//! [`run_probes`]: each [`Probe`]'s prompt is prefilled densely once, snapshotted and
-//! restored into every (method, budget) [`Setting`]; [`write_reports`] writes the
-//! [`EvalReport`] as JSON, CSV, Markdown and SVG plots. [`run_sweep`] is the settings sweep
-//! from which ClusterKV's defaults are chosen: accuracy gap against decode-step time for a
-//! grid of [`SelectParams`](ckv_select::SelectParams), the [`pareto_front`] marked.
+//! The evaluation on a real model is `ckv-eval`; the performance protocol is `ckv-bench`.
 //!
 //! ```
 //! use ckv_select::SelectParams;
@@ -35,36 +29,14 @@
 //! assert_eq!(dense.fidelity.mass_recall.round(), 1.0);
 //! ```
 
-mod bench;
-mod cache_sim;
 mod error;
-mod eval;
+mod markdown;
 mod metrics;
-mod ppl;
-mod probe;
-mod record;
-mod report;
 mod sim;
-mod sweep;
 mod trace;
 
-pub use bench::{
-    BenchConfig, BenchRecord, BenchReport, Flusher, LLAMA_CPP, LayerShape, Peer, StepTimer, bench_tables,
-    copy_bandwidth, last_level_cache_bytes, run_bench,
-};
-#[cfg(feature = "cuda")]
-pub use bench::{GpuBenchConfig, GpuBenchReport, gpu_bench_tables, run_gpu_bench};
-pub use cache_sim::{CacheSimConfig, CacheSimRecord, cache_sim, cache_sim_table};
 pub use error::SimError;
-pub use eval::{EvalConfig, evaluate};
-pub use metrics::{Fidelity, FidelityScratch, fidelity};
-pub use ppl::{PplConfig, PplRecord, perplexity, ppl_table, window_starts};
-pub use probe::{Probe, ProbeOptions, ProbeScore, Setting, SettingResult, run_probes};
-pub use record::{EvalRecord, EvalReport, LayerFidelity, RunMeta, Task};
-pub use report::{score_tables, write_reports};
+pub use markdown::MarkdownTable;
+pub use metrics::{Fidelity, FidelityScratch, FidelitySum, fidelity, step_fidelity};
 pub use sim::{SimConfig, Variant, VariantReport, simulate, table};
-pub use sweep::{
-    PointParams, SWEEP_TASKS, SweepConfig, SweepPoint, SweepRecord, SweepReport, SweepRun, SweepSettings,
-    SweepSummary, pareto_front, run_sweep, sweep_tables, write_sweep,
-};
 pub use trace::{Trace, TraceConfig};

@@ -1,9 +1,10 @@
 //! Attention fidelity of a selection (DESIGN section 8): top-k recall, attention-mass recall
 //! and output relative error, against dense attention over the same KV.
 
-use ckv_attn::{dense_attention, sparse_attention};
-use ckv_cluster::Element;
+use ckv_attn::{DecodeInput, LayerPipeline, dense_attention, sparse_attention};
+use ckv_core::Element;
 use ckv_select::partition_top;
+use rayon::prelude::*;
 
 /// Fidelity of one (step, query head).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -14,6 +15,68 @@ pub struct Fidelity {
     pub mass_recall: f64,
     /// `|o - o_dense| / |o_dense|` (Euclidean norms).
     pub output_rel_error: f64,
+}
+
+/// Fidelity figures summed over samples (query heads of decode steps).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct FidelitySum {
+    /// Sum of the top-k recalls.
+    pub topk: f64,
+    /// Sum of the attention-mass recalls.
+    pub mass: f64,
+    /// Sum of the output relative errors.
+    pub error: f64,
+    /// Samples summed.
+    pub samples: usize,
+}
+
+impl FidelitySum {
+    /// The mean of each figure (zeros without samples).
+    pub fn mean(&self) -> Fidelity {
+        let n = self.samples.max(1) as f64;
+        Fidelity { topk_recall: self.topk / n, mass_recall: self.mass / n, output_rel_error: self.error / n }
+    }
+}
+
+impl std::ops::Add for FidelitySum {
+    type Output = Self;
+
+    fn add(self, other: Self) -> Self {
+        Self {
+            topk: self.topk + other.topk,
+            mass: self.mass + other.mass,
+            error: self.error + other.error,
+            samples: self.samples + other.samples,
+        }
+    }
+}
+
+/// The fidelity of the decode step `pipeline` just ran on `inputs`, summed over the query
+/// heads of the entries `measure` marks (`measure[e]` for `inputs[e]`), parallel over
+/// (entry, query head): each head's selection against dense attention over its KV.
+pub fn step_fidelity<E: Element>(
+    pipeline: &LayerPipeline<E>,
+    inputs: &[DecodeInput<'_>],
+    measure: &[bool],
+) -> FidelitySum {
+    let cfg = pipeline.config();
+    let (hq, d, g, scale) = (cfg.n_q_heads(), cfg.head_dim(), cfg.group(), cfg.scale());
+    let work: Vec<(usize, usize)> = (0..inputs.len())
+        .filter(|&e| measure.get(e) == Some(&true))
+        .flat_map(|e| (0..hq).map(move |h| (e, h)))
+        .collect();
+    work.par_iter()
+        .map_init(FidelityScratch::default, |scratch, &(e, h)| {
+            let input = &inputs[e];
+            // The sequence and head exist: the pipeline just decoded them.
+            let (Ok(kv), Ok(ids)) = (pipeline.kv(input.seq, h / g), pipeline.selection(input.seq, h)) else {
+                return FidelitySum::default();
+            };
+            let q = &input.query[h * d..(h + 1) * d];
+            let f = fidelity(q, kv.keys(), kv.values(), ids, scale, scratch);
+            FidelitySum { topk: f.topk_recall, mass: f.mass_recall, error: f.output_rel_error, samples: 1 }
+        })
+        .reduce(FidelitySum::default, |a, b| a + b)
 }
 
 /// Reusable buffers of [`fidelity`].
@@ -84,7 +147,7 @@ mod tests {
         let few = fidelity(&q, &keys, &values, &[0, 1, 2], 0.5, &mut scratch);
         assert!(few.mass_recall < 1.0 && few.output_rel_error > 0.0);
         // The exact top-3 by score has recall 1.
-        let scores: Vec<f32> = keys.chunks(d).map(|k| ckv_cluster::dot(&q, k)).collect();
+        let scores: Vec<f32> = keys.chunks(d).map(|k| ckv_core::dot(&q, k)).collect();
         let mut ids: Vec<u32> = (0..40).collect();
         partition_top(&mut ids, 3, |i| scores[i as usize]);
         let mut top: Vec<u32> = ids[..3].to_vec();

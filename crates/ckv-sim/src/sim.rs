@@ -4,11 +4,10 @@
 use std::time::Instant;
 
 use ckv_attn::{DecodeInput, LayerPipeline, PipelineConfig, PrefillInput};
-use ckv_cluster::Element;
+use ckv_core::{Element, ParamGuard};
 use ckv_select::{GqaPolicy, Method, SelectParams};
-use rayon::prelude::*;
 
-use crate::{Fidelity, FidelityScratch, SimError, Trace, fidelity};
+use crate::{Fidelity, FidelitySum, MarkdownTable, SimError, Trace, step_fidelity};
 
 /// A method under test: the method and its GQA policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,8 +84,6 @@ fn simulate_variant<E: Element>(
     let (hq, d) = (tc.n_q_heads, tc.head_dim);
     let select = config.select.clone().method(variant.method).gqa(variant.gqa);
     let pipeline_config = PipelineConfig::new(hq, tc.n_kv_heads, d, select).validate()?;
-    let scale = pipeline_config.scale();
-    let g = pipeline_config.group();
     let mut layer = LayerPipeline::<E>::new(pipeline_config);
     let started = Instant::now();
     let prompt = PrefillInput {
@@ -97,7 +94,7 @@ fn simulate_variant<E: Element>(
     let seq = layer.prefill(prompt, None)?;
     let prefill_s = started.elapsed().as_secs_f64();
     let mut out = vec![0.0f32; hq * d];
-    let (mut total, mut attended, mut step_s) = (Fidelity::default(), 0.0, 0.0);
+    let (mut total, mut attended, mut step_s) = (FidelitySum::default(), 0, 0.0);
     for step in 0..tc.steps {
         let t = tc.context + step;
         let input = DecodeInput {
@@ -109,31 +106,15 @@ fn simulate_variant<E: Element>(
         let started = Instant::now();
         layer.decode(&[input], &mut out)?;
         step_s += started.elapsed().as_secs_f64();
-        let per_head = (0..hq)
-            .into_par_iter()
-            .map_init(FidelityScratch::default, |scratch, h| {
-                let kv = layer.kv(seq, h / g)?;
-                let ids = layer.selection(seq, h)?;
-                let q = &input.query[h * d..(h + 1) * d];
-                Ok((fidelity(q, kv.keys(), kv.values(), ids, scale, scratch), ids.len()))
-            })
-            .collect::<Result<Vec<_>, SimError>>()?;
-        for (f, n) in per_head {
-            total.topk_recall += f.topk_recall;
-            total.mass_recall += f.mass_recall;
-            total.output_rel_error += f.output_rel_error;
-            attended += n as f64;
+        total = total + step_fidelity(&layer, &[input], &[true]);
+        for h in 0..hq {
+            attended += layer.selection(seq, h)?.len();
         }
     }
-    let samples = (tc.steps * hq).max(1) as f64;
     Ok(VariantReport {
         variant,
-        fidelity: Fidelity {
-            topk_recall: total.topk_recall / samples,
-            mass_recall: total.mass_recall / samples,
-            output_rel_error: total.output_rel_error / samples,
-        },
-        attended: attended / samples,
+        fidelity: total.mean(),
+        attended: attended as f64 / (tc.steps * hq).max(1) as f64,
         prefill_s,
         step_s: step_s / tc.steps.max(1) as f64,
     })
@@ -147,21 +128,21 @@ pub fn table(trace: &Trace, config: &SimConfig, reports: &[VariantReport]) -> St
         "synthetic trace: context {}, {} decode steps, d {}, Hq {}, Hkv {}, {} topics per KV head, seed {}; budget {}\n\n",
         tc.context, tc.steps, tc.head_dim, tc.n_q_heads, tc.n_kv_heads, tc.topics, tc.seed, budget
     );
-    s.push_str(
-        "| method | attended | top-k recall | mass recall | output rel. error | prefill s | step ms |\n",
+    let mut table = MarkdownTable::new(
+        ["method", "attended", "top-k recall", "mass recall", "output rel. error", "prefill s", "step ms"],
+        "l",
     );
-    s.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
     for r in reports {
-        s.push_str(&format!(
-            "| {} | {:.0} | {:.4} | {:.4} | {:.4} | {:.2} | {:.2} |\n",
+        table.row([
             r.variant.label(),
-            r.attended,
-            r.fidelity.topk_recall,
-            r.fidelity.mass_recall,
-            r.fidelity.output_rel_error,
-            r.prefill_s,
-            r.step_s * 1e3
-        ));
+            format!("{:.0}", r.attended),
+            format!("{:.4}", r.fidelity.topk_recall),
+            format!("{:.4}", r.fidelity.mass_recall),
+            format!("{:.4}", r.fidelity.output_rel_error),
+            format!("{:.2}", r.prefill_s),
+            format!("{:.2}", r.step_s * 1e3),
+        ]);
     }
+    s.push_str(&table.to_string());
     s
 }

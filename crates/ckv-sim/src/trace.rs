@@ -1,7 +1,7 @@
 //! Seeded synthetic decode traces: clustered keys with RoPE applied, and queries that attend
 //! mostly to a few clusters, so that which tokens a method selects matters.
 
-use ckv_model::{rope, rope_inv_freq};
+use ckv_core::{rope, rope_inv_freq};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -71,11 +71,7 @@ impl Trace {
     pub fn generate(config: &TraceConfig) -> Result<Self, SimError> {
         let c = config;
         let check = |name: &'static str, ok: bool, expected: &'static str, value: usize| {
-            if ok {
-                Ok(())
-            } else {
-                Err(SimError::InvalidConfig { name, value: value.to_string(), expected })
-            }
+            if ok { Ok(()) } else { Err(SimError::from(ckv_core::ParamError::new(name, value, expected))) }
         };
         check(
             "head_dim",

@@ -1,18 +1,16 @@
-//! The CUDA kernels against the CPU path on fresh random inputs. Without a GPU (or its
-//! driver) every test prints one line saying so and passes. NVRTC and the CUDA headers
-//! come from `cargo xtask kernels`' toolkit folder (or `CKV_CUDA_INCLUDE`); `cargo xtask
-//! gpu-check` sets `LD_LIBRARY_PATH` for libnvrtc.
+//! The CUDA kernels against the CPU path on fresh random inputs (DESIGN section 6): the
+//! attention, selection, k-means, KV append and all-heads clustering kernels. The decode
+//! pipeline on the GPU backend (against the CPU pipeline, offload, the configurations it
+//! refuses) is tested by `ckv-attn`'s pipeline suite, whose every test also runs on the GPU
+//! (`cargo test -p ckv-attn --features cuda --test pipeline`). Without a GPU (or its driver)
+//! every test prints one line saying so and passes. NVRTC and the CUDA headers come from
+//! `cargo xtask kernels`' toolkit folder (or `CKV_CUDA_INCLUDE`); `cargo xtask gpu-check`
+//! sets `LD_LIBRARY_PATH` for libnvrtc.
 
 use std::path::PathBuf;
 
-use std::sync::Arc;
-
-use ckv_attn::{
-    Backend, DecodeInput, LayerPipeline, OffloadParams, PipelineConfig, PrefillInput, sparse_attention,
-};
+use ckv_attn::sparse_attention;
 use ckv_kernels::{Gpu, IndexParts, KernelError};
-use ckv_select::{Budget, GqaPolicy, Method, SelectParams};
-use ckv_sim::{Trace, TraceConfig};
 use half::f16;
 use proptest::prelude::*;
 
@@ -38,12 +36,21 @@ fn gpu() -> Option<Gpu> {
     }
 }
 
+/// A deterministic pseudo-random integer in `[0, modulus)` for element `i` of the input
+/// salted `salt` (a multiplicative hash): the inputs of every test, scaled by each.
+fn hashed(i: usize, salt: u64, modulus: u64) -> f32 {
+    ((i as u64 * 2654435761 + salt * 97) % modulus) as f32
+}
+
+/// The relative error `|got - want| / |want|` (Euclidean norms, in f64).
 fn relative_error(got: &[f32], want: &[f32]) -> f64 {
     let diff: f64 = got.iter().zip(want).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
     let norm: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
     (diff / norm.max(1e-30)).sqrt()
 }
 
+/// The attention kernel against `sparse_attention` on the CPU: dense and sparse id lists,
+/// every instantiated group size and head dimension, any chunk length.
 #[test]
 fn attention_kernel_matches_the_cpu() {
     let Some(gpu) = gpu() else { return };
@@ -58,7 +65,7 @@ fn attention_kernel_matches_the_cpu() {
         seed in 0u64..1000,
     )| {
         let (g, d) = shape;
-        let val = |i: usize, salt: u64| ((i as u64 * 2654435761 + salt * 97) % 2001) as f32 / 500.0 - 2.0;
+        let val = |i: usize, salt: u64| hashed(i, salt, 2001) / 500.0 - 2.0;
         let keys: Vec<f16> = (0..rows * d).map(|i| f16::from_f32(val(i, seed))).collect();
         let values: Vec<f16> = (0..rows * d).map(|i| f16::from_f32(val(i, seed + 1))).collect();
         let queries: Vec<f32> = (0..g * d).map(|i| val(i, seed + 2)).collect();
@@ -98,21 +105,14 @@ fn selection_kernel_matches_the_cpu_ranking() {
     )| {
         // Small integers: every centroid is exact in f16 and every score exact in f32 on
         // both sides, so ties break alike.
-        let val = |i: usize, salt: u64| ((i as u64 * 2654435761 + salt * 97) % 7) as f32 - 3.0;
+        let val = |i: usize, salt: u64| hashed(i, salt, 7) - 3.0;
         let labels: Vec<u32> = (0..k * 3).map(|i| ((i as u64 * 40503 + seed) % k as u64) as u32).collect();
         let mut sizes = vec![0u32; k];
         for &l in &labels {
             sizes[l as usize] += 1;
         }
-        let clustering = ckv_cluster::Clustering {
-            d,
-            labels,
-            centroids: (0..k * d).map(|i| val(i, seed)).collect(),
-            sizes,
-            iterations: 0,
-            objective: 0.0,
-            objective_history: Vec::new(),
-        };
+        let centroids = (0..k * d).map(|i| val(i, seed)).collect();
+        let clustering = ckv_cluster::Clustering::from_parts(d, labels, centroids, sizes).unwrap();
         let mut index = ckv_index::ClusterIndex::new(d).unwrap();
         index.append(&clustering, 16).unwrap();
         // Some centroids hold a NaN or an infinity: NaN scores (NaN, inf * 0)
@@ -154,6 +154,8 @@ fn selection_kernel_matches_the_cpu_ranking() {
     });
 }
 
+/// GPU k-means keeps the CPU k-means' invariants: centroids are the means of their members,
+/// every row is labelled with its most cosine-similar centroid.
 #[test]
 fn kmeans_kernels_keep_the_invariants_of_the_cpu_kmeans() {
     let Some(gpu) = gpu() else { return };
@@ -164,7 +166,7 @@ fn kmeans_kernels_keep_the_invariants_of_the_cpu_kmeans() {
         d in prop::sample::select(vec![16usize, 64, 128]),
         seed in 0u64..1000,
     )| {
-        let val = |i: usize, salt: u64| ((i as u64 * 2654435761 + salt * 97) % 2001) as f32 / 1000.0 - 1.0;
+        let val = |i: usize, salt: u64| hashed(i, salt, 2001) / 1000.0 - 1.0;
         let n = blobs * per_blob;
         let centers: Vec<f32> = (0..blobs * d).map(|i| 4.0 * val(i, seed)).collect();
         let keys: Vec<f16> = (0..n * d)
@@ -203,6 +205,7 @@ fn kmeans_kernels_keep_the_invariants_of_the_cpu_kmeans() {
     });
 }
 
+/// Rows appended to the device KV are bitwise the f16 of the new f32 rows, as `half` rounds.
 #[test]
 fn appended_kv_is_the_f16_of_the_new_rows() {
     let Some(gpu) = gpu() else { return };
@@ -216,7 +219,7 @@ fn appended_kv_is_the_f16_of_the_new_rows() {
     )| {
         // Values across f16's range, subnormals and ties included.
         let val = |i: usize, salt: u64| {
-            let x = ((i as u64 * 2654435761 + salt * 97) % 20001) as f32 / 10000.0 - 1.0;
+            let x = hashed(i, salt, 20001) / 10000.0 - 1.0;
             x * [1e-7f32, 1e-3, 1.0, 3e4][i % 4]
         };
         let rows = |n: usize, salt: u64| -> Vec<f32> { (0..n).map(|i| val(i, salt)).collect() };
@@ -261,7 +264,7 @@ fn clustering_every_head_at_once_builds_its_index() {
         seed in 0u64..1000,
     )| {
         let n = k + extra;
-        let val = |i: usize, salt: u64| ((i as u64 * 2654435761 + salt * 97) % 2001) as f32 / 1000.0 - 1.0;
+        let val = |i: usize, salt: u64| hashed(i, salt, 2001) / 1000.0 - 1.0;
         let keys: Vec<Vec<f16>> = (0..heads)
             .map(|h| (0..(first + n) * d).map(|i| f16::from_f32(val(i, seed + h as u64))).collect())
             .collect();
@@ -301,170 +304,6 @@ fn clustering_every_head_at_once_builds_its_index() {
                     prop_assert!((means[c * d + e] - mean).abs() <= 1e-4 * (1.0 + mean.abs()));
                 }
             }
-        }
-    });
-}
-
-/// A synthetic trace of `context` prompt tokens and `steps` decode steps in the layer
-/// `(Hq, Hkv, d)`, and the selection of a pipeline test.
-fn setting(
-    (context, steps): (usize, usize),
-    (hq, hkv, d): (usize, usize, usize),
-    method: Method,
-    per_kv_head: bool,
-    budget: usize,
-    seed: u64,
-) -> (Trace, SelectParams) {
-    let trace = Trace::generate(&TraceConfig {
-        context,
-        steps,
-        head_dim: d,
-        n_q_heads: hq,
-        n_kv_heads: hkv,
-        topics: 16,
-        seed,
-        ..TraceConfig::default()
-    })
-    .unwrap();
-    let policy = if per_kv_head { GqaPolicy::PerKvHead } else { GqaPolicy::PerQueryHead };
-    (trace, SelectParams::new(method).budget(budget).gqa(policy).seed(seed))
-}
-
-/// The decode pipeline on the GPU against the CPU on a synthetic trace: a batch of two
-/// sequences of different lengths, enough steps to cluster tail windows, every method the
-/// GPU backend takes under both GQA policies. Same selections; outputs within 1e-3.
-#[test]
-fn gpu_pipeline_matches_the_cpu_pipeline() {
-    let Some(gpu) = gpu() else { return };
-    let gpu = Arc::new(gpu);
-    let config = ProptestConfig { cases: 8, ..ProptestConfig::default() };
-    proptest!(config, |(
-        method in prop::sample::select(vec![Method::ClusterKv, Method::ClusterKv, Method::Dense]),
-        per_kv_head in any::<bool>(),
-        budget in prop::sample::select(vec![64usize, 300, 1024, 5000]),
-        shape in prop::sample::select(vec![(8usize, 2usize, 128usize), (9, 3, 64), (4, 4, 64)]),
-        seed in 0u64..1000,
-    )| {
-        let (hq, hkv, d) = shape;
-        let steps = 300;
-        let (trace, select) = setting((1500, steps), shape, method, per_kv_head, budget, seed);
-        let config = PipelineConfig::new(hq, hkv, d, select).validate().unwrap();
-        let mut cpu_layer = LayerPipeline::<f16>::new(config.clone());
-        let mut gpu_layer = LayerPipeline::<f16>::with_backend(config, Backend::Cuda(gpu.clone())).unwrap();
-        let prompts = [1500usize, 700];
-        let mut seqs = Vec::new();
-        for &p in &prompts {
-            let input = PrefillInput {
-                keys: trace.prefix(&trace.keys, p),
-                values: trace.prefix(&trace.values, p),
-                queries: None,
-            };
-            seqs.push((cpu_layer.prefill(input, None).unwrap(), gpu_layer.prefill(input, None).unwrap()));
-        }
-        let width = hq * d;
-        let (mut cpu_out, mut gpu_out) = (vec![0.0f32; 2 * width], vec![0.0f32; 2 * width]);
-        for step in 0..steps {
-            let inputs = |gpu_side: bool| -> Vec<DecodeInput<'_>> {
-                seqs.iter()
-                    .zip(&prompts)
-                    .map(|(&(c, g), &p)| DecodeInput {
-                        seq: if gpu_side { g } else { c },
-                        query: trace.query(step),
-                        key: trace.token(&trace.keys, p + step),
-                        value: trace.token(&trace.values, p + step),
-                    })
-                    .collect()
-            };
-            cpu_layer.decode(&inputs(false), &mut cpu_out).unwrap();
-            gpu_layer.decode(&inputs(true), &mut gpu_out).unwrap();
-            for (b, &(c, g)) in seqs.iter().enumerate() {
-                for q in 0..hq {
-                    prop_assert_eq!(
-                        cpu_layer.selection(c, q).unwrap(),
-                        gpu_layer.selection(g, q).unwrap(),
-                        "step {} sequence {} query head {}", step, b, q
-                    );
-                }
-                let err = relative_error(&gpu_out[b * width..(b + 1) * width], &cpu_out[b * width..(b + 1) * width]);
-                prop_assert!(err <= 1e-3, "step {} sequence {}: relative error {}", step, b, err);
-            }
-        }
-    });
-}
-
-#[test]
-fn gpu_backend_refuses_what_its_kernels_do_not_cover() {
-    let Some(gpu) = gpu() else { return };
-    let gpu = Arc::new(gpu);
-    let quest = PipelineConfig::new(8, 2, 128, SelectParams::new(Method::Quest)).validate().unwrap();
-    let err = LayerPipeline::<f16>::with_backend(quest, Backend::Cuda(gpu.clone())).err().unwrap();
-    assert!(err.to_string().contains("method"), "{err}");
-    let f32_kv = PipelineConfig::new(8, 2, 128, SelectParams::new(Method::ClusterKv)).validate().unwrap();
-    let err = LayerPipeline::<f32>::with_backend(f32_kv, Backend::Cuda(gpu.clone())).err().unwrap();
-    assert!(err.to_string().contains("f16"), "{err}");
-    let odd = PipelineConfig::new(5, 1, 96, SelectParams::new(Method::ClusterKv)).validate().unwrap();
-    let err = LayerPipeline::<f16>::with_backend(odd, Backend::Cuda(gpu.clone())).err().unwrap();
-    assert!(err.to_string().contains("5 x 96"), "{err}");
-    let mass = SelectParams::new(Method::ClusterKv).budget_rule(Budget::Mass { p: 0.9, max: 512 });
-    let mass = PipelineConfig::new(8, 2, 128, mass).validate().unwrap();
-    let err = LayerPipeline::<f16>::with_backend(mass, Backend::Cuda(gpu)).err().unwrap();
-    assert!(err.to_string().contains("p0.9<=512"), "{err}");
-}
-
-/// Offload on the GPU: host KV in pinned memory, the device tier swapped by `tier.cu`.
-/// Outputs are bitwise those of the GPU pipeline without offload; the tier holds what the
-/// CPU tier holds after every step, and counts the same traffic.
-#[test]
-fn gpu_offload_changes_no_output_and_keeps_the_cpu_tier() {
-    let Some(gpu) = gpu() else { return };
-    let gpu = Arc::new(gpu);
-    let config = ProptestConfig { cases: 6, ..ProptestConfig::default() };
-    proptest!(config, |(
-        method in prop::sample::select(vec![Method::ClusterKv, Method::ClusterKv, Method::Dense]),
-        per_kv_head in any::<bool>(),
-        budget in prop::sample::select(vec![64usize, 300, 5000]),
-        reuse in 1usize..5,
-        seed in 0u64..1000,
-    )| {
-        let (hq, hkv, d, steps) = (8, 2, 128, 120);
-        let (trace, select) = setting((900, steps), (hq, hkv, d), method, per_kv_head, budget, seed);
-        let plain = PipelineConfig::new(hq, hkv, d, select.clone()).validate().unwrap();
-        let offload =
-            PipelineConfig::new(hq, hkv, d, select).offload(OffloadParams::new(reuse).unwrap()).validate().unwrap();
-        let mut layers = [
-            LayerPipeline::<f16>::with_backend(plain, Backend::Cuda(gpu.clone())).unwrap(),
-            LayerPipeline::<f16>::with_backend(offload.clone(), Backend::Cuda(gpu.clone())).unwrap(),
-            LayerPipeline::<f16>::new(offload),
-        ];
-        let input = PrefillInput {
-            keys: trace.prefix(&trace.keys, 900),
-            values: trace.prefix(&trace.values, 900),
-            queries: None,
-        };
-        let seqs: Vec<_> = layers.iter_mut().map(|l| l.prefill(input, None).unwrap()).collect();
-        let mut outs = vec![vec![0.0f32; hq * d]; 3];
-        for step in 0..steps {
-            for ((layer, &seq), out) in layers.iter_mut().zip(&seqs).zip(&mut outs) {
-                let input = DecodeInput {
-                    seq,
-                    query: trace.query(step),
-                    key: trace.token(&trace.keys, 900 + step),
-                    value: trace.token(&trace.values, 900 + step),
-                };
-                layer.decode(&[input], out).unwrap();
-            }
-            let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
-            prop_assert_eq!(bits(&outs[0]), bits(&outs[1]), "step {}: offload changed the GPU output", step);
-            for h in 0..hkv {
-                prop_assert_eq!(
-                    layers[1].resident(seqs[1], h).unwrap(),
-                    layers[2].resident(seqs[2], h).unwrap(),
-                    "step {} head {}", step, h
-                );
-            }
-        }
-        for h in 0..hkv {
-            prop_assert_eq!(layers[1].offload_stats(seqs[1], h).unwrap(), layers[2].offload_stats(seqs[2], h).unwrap());
         }
     });
 }

@@ -1,7 +1,4 @@
-//! The simulator end to end: ClusterKV against the baselines on the synthetic trace, and
-//! the `clusterkv` command line.
-
-use std::process::Command;
+//! The simulator end to end: ClusterKV against the baselines on the synthetic trace.
 
 use ckv_select::{GqaPolicy, Method, SelectParams};
 use ckv_sim::{SimConfig, Trace, TraceConfig, Variant, simulate};
@@ -37,35 +34,4 @@ fn clusterkv_keeps_more_mass_than_quest_and_streamingllm_at_32k() {
     let (ckv, quest, streaming) = (mass(Method::ClusterKv), mass(Method::Quest), mass(Method::StreamingLlm));
     assert!(ckv >= quest, "ClusterKV mass recall {ckv} < Quest {quest}");
     assert!(ckv >= streaming, "ClusterKV mass recall {ckv} < StreamingLLM {streaming}");
-}
-
-#[test]
-fn cli_prints_a_table_for_every_method() {
-    let out = Command::new(env!("CARGO_BIN_EXE_clusterkv"))
-        .args(["simulate", "--context", "700", "--budget", "128", "--steps", "2", "--head-dim", "16"])
-        .args(["--q-heads", "4", "--kv-heads", "2", "--topics", "8", "--kv", "f32"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let table = String::from_utf8(out.stdout).unwrap();
-    for variant in Variant::all() {
-        assert!(table.contains(&format!("| {} |", variant.label())), "{} missing:\n{table}", variant.label());
-    }
-}
-
-#[test]
-fn cli_rejects_bad_parameters_with_a_clear_message() {
-    let out = Command::new(env!("CARGO_BIN_EXE_clusterkv"))
-        .args(["simulate", "--context", "5000", "--budget", "10"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("budget = 10"), "{err}");
-    let out = Command::new(env!("CARGO_BIN_EXE_clusterkv"))
-        .args(["simulate", "--methods", "bogus"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown method"));
 }

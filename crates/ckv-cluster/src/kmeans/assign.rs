@@ -64,7 +64,7 @@ pub(crate) fn assign(x: &[f32], xn: &[f32], cn: &[f32], d: usize, labels: &mut [
             let m = labels.len();
             sims.resize(m * k, 0.0);
             let sims = &mut sims[..m * k];
-            crate::matmul_nt(xn, cn, d, sims);
+            ckv_core::matmul_nt(xn, cn, d, sims);
             let mut changed = 0usize;
             for (l, s) in labels.iter_mut().zip(sims.chunks_exact(k)) {
                 let best = argmax(s);

@@ -1,7 +1,7 @@
 //! Input checks, run before any clustering work.
 
-use crate::element::Element;
 use crate::error::ClusterError;
+use ckv_core::Element;
 
 /// Checks one head's rows and returns the number of rows `n`.
 ///
@@ -10,18 +10,14 @@ use crate::error::ClusterError;
 /// clusters.
 pub(crate) fn check_rows<E: Element>(rows: &[E], d: usize, n_clusters: usize) -> Result<usize, ClusterError> {
     if d == 0 {
-        return Err(ClusterError::ZeroDim);
+        return Err(ClusterError::Param(ckv_core::ParamError::zero_dim()));
     }
     if !rows.len().is_multiple_of(d) {
         return Err(ClusterError::ShapeMismatch { len: rows.len(), d });
     }
     let n = rows.len() / d;
     if u32::try_from(n).is_err() {
-        return Err(ClusterError::InvalidParam {
-            name: "rows",
-            value: n.to_string(),
-            expected: "at most u32::MAX rows",
-        });
+        return Err(ClusterError::from(ckv_core::ParamError::new("rows", n, "at most u32::MAX rows")));
     }
     if let Some(pos) = rows.iter().position(|v| !v.to_f32().is_finite()) {
         return Err(ClusterError::NonFinite { row: pos / d, col: pos % d, value: rows[pos].to_f32() });
@@ -56,7 +52,7 @@ mod tests {
         fn from_f32_slice(src: &[f32], dst: &mut [Self]) {
             assert_eq!(src.len(), dst.len());
         }
-        fn row_data(_: &[Self]) -> crate::RowData<'_> {
+        fn row_data(_: &[Self]) -> ckv_core::RowData<'_> {
             unreachable!("the row kernels never see this test type")
         }
     }
@@ -66,14 +62,14 @@ mod tests {
         // A zero-sized array costs nothing, whatever its length.
         let rows = [Zst; (1 << 32) + 1];
         let err = check_rows(&rows, 1, 1).unwrap_err();
-        assert!(matches!(err, ClusterError::InvalidParam { name: "rows", .. }), "{err:?}");
+        assert!(matches!(err, ClusterError::Param(ckv_core::ParamError { name: "rows", .. })), "{err:?}");
     }
 
     #[test]
     fn check_order() {
         // Shape is checked before non-finite values, non-finite before too few rows.
         let rows = [f32::NAN; 3];
-        assert_eq!(check_rows(&rows, 0, 1), Err(ClusterError::ZeroDim));
+        assert_eq!(check_rows(&rows, 0, 1), Err(ClusterError::Param(ckv_core::ParamError::zero_dim())));
         assert_eq!(check_rows(&rows, 2, 1), Err(ClusterError::ShapeMismatch { len: 3, d: 2 }));
         assert!(matches!(check_rows(&rows, 3, 5), Err(ClusterError::NonFinite { row: 0, col: 0, .. })));
         assert_eq!(check_rows(&[1.0f32; 3], 3, 5), Err(ClusterError::TooFewRows { rows: 1, clusters: 5 }));

@@ -2,6 +2,7 @@
 //! kernel, or the whole clustered region), then flash-decoding attention over them (or over
 //! every row, dense) and the merge of its chunks.
 
+use ckv_core::Regions;
 use cudarc::driver::{CudaSlice, PushKernelArg};
 use half::f16;
 
@@ -45,24 +46,6 @@ pub(super) struct KvRows<'a> {
     pub head_stride: usize,
 }
 
-/// Which KV rows a step attends to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StepIds {
-    /// Every row `0..=current`.
-    Dense,
-    /// The sink `[0, sink)`, `chosen` ids of the clustered region `[sink, clustered_end)`
-    /// (the whole region when `chosen` is its size, else ranked by the index), the tail
-    /// `[clustered_end, current)` and the current token.
-    Clustered {
-        /// Sink tokens `s`.
-        sink: usize,
-        /// End of the clustered region `c`.
-        clustered_end: usize,
-        /// Ids taken from the clustered region.
-        chosen: usize,
-    },
-}
-
 /// The shape of one decode step of one sequence.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DecodeStep {
@@ -71,30 +54,44 @@ pub struct DecodeStep {
     /// One selection per KV head from the group's summed queries (`PerKvHead`), or one per
     /// query head (`PerQueryHead`).
     pub per_kv_head: bool,
-    /// The current token's position `t` (its K/V already appended).
-    pub current: usize,
-    /// The rows attended to.
-    pub ids: StepIds,
+    /// The step's regions (DESIGN section 4); the current token's K/V is already appended.
+    pub regions: Regions,
+    /// Ids taken from the clustered region (the whole region when this is its size, else
+    /// ranked by the index), beside the sink, the tail and the current token; `None` for a
+    /// dense step, which attends to every row `0..=t`.
+    pub selected: Option<usize>,
     /// The softmax scale.
     pub scale: f32,
 }
 
 impl DecodeStep {
+    /// The current token's position `t`.
+    pub fn current(&self) -> usize {
+        self.regions.current() as usize
+    }
+
     /// Id lists of the step: one per KV head, or per query head under `PerQueryHead`.
     pub fn lists(&self, kv_heads: usize) -> usize {
-        match self.ids {
-            StepIds::Clustered { .. } if !self.per_kv_head => kv_heads * self.group,
+        match self.selected {
+            Some(_) if !self.per_kv_head => kv_heads * self.group,
             _ => kv_heads,
         }
     }
 
     /// Ids in each list.
     pub fn attended(&self) -> usize {
-        match self.ids {
-            StepIds::Dense => self.current + 1,
-            StepIds::Clustered { sink, clustered_end, chosen } => {
-                sink + chosen + self.current.saturating_sub(clustered_end) + 1
-            }
+        match self.selected {
+            None => self.current() + 1,
+            Some(chosen) => self.regions.sink().len() + chosen + self.regions.tail().len() + 1,
+        }
+    }
+
+    /// The sink's length, the clustered region's end and the ids chosen from it; all 0 for
+    /// a dense step.
+    fn clustered(&self) -> (usize, usize, usize) {
+        match self.selected {
+            None => (0, 0, 0),
+            Some(chosen) => (self.regions.sink().len(), self.regions.clustered().end as usize, chosen),
         }
     }
 }
@@ -245,12 +242,12 @@ impl Gpu {
         scratch: &mut DecodeScratch,
     ) -> Result<(), KernelError> {
         let (heads, d, g) = (kv.heads(), kv.d(), step.group);
-        if scratch.query_values != heads * g * d || step.current >= kv.len() {
+        if scratch.query_values != heads * g * d || step.current() >= kv.len() {
             return Err(KernelError::Shape(format!(
                 "{} query values uploaded for {heads} x {g} heads of dimension {d}; current token {} of {} \
                  stored",
                 scratch.query_values,
-                step.current,
+                step.current(),
                 kv.len()
             )));
         }
@@ -268,7 +265,7 @@ impl Gpu {
     ) -> Result<(), KernelError> {
         let (lists, attended) = (step.lists(heads), step.attended());
         at_least(self, &mut scratch.n_ids, lists)?;
-        scratch.has_ids = step.ids != StepIds::Dense;
+        scratch.has_ids = step.selected.is_some();
         if scratch.has_ids {
             at_least(self, &mut scratch.ids, lists * attended)?;
         }
@@ -338,14 +335,11 @@ impl Gpu {
         scratch: &mut DecodeScratch,
     ) -> Result<(), KernelError> {
         let s = &self.stream;
-        let (sink, clustered_end, chosen) = match step.ids {
-            StepIds::Dense => (0, 0, 0),
-            StepIds::Clustered { sink, clustered_end, chosen } => (sink, clustered_end, chosen),
-        };
-        if sink > clustered_end || clustered_end > step.current || chosen > clustered_end - sink {
+        let (sink, clustered_end, chosen) = step.clustered();
+        if chosen > clustered_end - sink {
             return Err(KernelError::Shape(format!(
-                "regions: sink {sink}, clustered end {clustered_end}, current {}, {chosen} chosen",
-                step.current
+                "{chosen} ids chosen from a clustered region of {} tokens",
+                clustered_end - sink
             )));
         }
         let rank = scratch.has_ids && chosen < clustered_end - sink;
@@ -370,7 +364,7 @@ impl Gpu {
             int("sink", sink)?,
             int("chosen", chosen)?,
             int("clustered end", clustered_end)?,
-            int("current", step.current)?,
+            int("current", step.current())?,
         );
         let null = 0u64;
         let mut l = s.launch_builder(&f);
@@ -566,21 +560,22 @@ impl Gpu {
 mod tests {
     use super::*;
 
-    fn step(ids: StepIds, per_kv_head: bool) -> DecodeStep {
-        DecodeStep { group: 4, per_kv_head, current: 1000, ids, scale: 1.0 }
+    fn step(selected: Option<usize>, per_kv_head: bool) -> DecodeStep {
+        // Sink 16, clustered [16, 900), tail [900, 1000), the current token 1000.
+        let regions = Regions::new(16, 900, 1000).unwrap();
+        DecodeStep { group: 4, per_kv_head, regions, selected, scale: 1.0 }
     }
 
     #[test]
     fn lists_and_ids_of_a_step() {
-        let dense = step(StepIds::Dense, false);
-        assert_eq!((dense.lists(8), dense.attended()), (8, 1001));
-        // Sink 16, clustered [16, 900), tail [900, 1000), the current token.
-        let sparse = StepIds::Clustered { sink: 16, clustered_end: 900, chosen: 300 };
-        assert_eq!(step(sparse, true).lists(8), 8);
-        assert_eq!(step(sparse, false).lists(8), 32);
-        assert_eq!(step(sparse, false).attended(), 16 + 300 + 100 + 1);
-        // A clustered end past the current token is refused later, never underflows here.
-        let bad = StepIds::Clustered { sink: 16, clustered_end: 2000, chosen: 0 };
-        assert_eq!(step(bad, true).attended(), 17);
+        let dense = step(None, false);
+        assert_eq!((dense.lists(8), dense.attended(), dense.clustered()), (8, 1001, (0, 0, 0)));
+        assert_eq!(step(Some(300), true).lists(8), 8);
+        assert_eq!(step(Some(300), false).lists(8), 32);
+        assert_eq!(step(Some(300), false).attended(), 16 + 300 + 100 + 1);
+        assert_eq!(step(Some(300), false).clustered(), (16, 900, 300));
+        // Early in a sequence (t < s) the sink is cut and nothing is clustered.
+        let early = DecodeStep { regions: Regions::new(16, 16, 5).unwrap(), ..step(Some(0), true) };
+        assert_eq!(early.attended(), 6);
     }
 }

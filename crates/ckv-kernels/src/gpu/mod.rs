@@ -17,10 +17,10 @@ use cudarc::nvrtc::Ptx;
 
 use crate::{KernelError, SOURCES, compile_ptx};
 
-pub use decode::{ATTENTION_SHAPES, DecodeScratch, DecodeStep, StepIds};
+pub use decode::{ATTENTION_SHAPES, DecodeScratch, DecodeStep};
 pub use index::{DeviceClustering, DeviceIndex, IndexParts};
 pub use kv::DeviceKv;
-pub use offload::{GpuTier, GpuTierStats, PinnedKv};
+pub use offload::{GpuTier, PinnedKv};
 pub use timing::{GpuTimer, L2Flush};
 
 /// A GPU with every kernel loaded, and the stream all work goes to, in order.

@@ -9,7 +9,10 @@ use half::f16;
 
 use super::decode::KvRows;
 use super::{Gpu, driver, grid, int};
-use crate::{DecodeScratch, DecodeStep, DeviceIndex, KernelError, StepIds};
+use ckv_cache::TierStats;
+use ckv_core::Regions;
+
+use crate::{DecodeScratch, DecodeStep, DeviceIndex, KernelError};
 
 /// A slot or token that is not there (`tier.cu`'s NONE).
 const NONE: u32 = u32::MAX;
@@ -98,22 +101,6 @@ pub struct GpuTier {
     tokens: usize,
     reuse: u32,
     step: u32,
-}
-
-/// Traffic of one head's device tier on the GPU, in rows (the first step, which fills the
-/// empty tier, apart).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct GpuTierStats {
-    /// Steps after the first.
-    pub steps: u32,
-    /// Rows those steps attended, the current token aside.
-    pub attended: u64,
-    /// Of those, rows the tier held.
-    pub hits: u64,
-    /// Rows fetched from the host tier by those steps.
-    pub fetched: u64,
-    /// Rows the first step fetched.
-    pub cold: u64,
 }
 
 impl GpuTier {
@@ -292,20 +279,27 @@ impl Gpu {
         scratch: &mut DecodeScratch,
     ) -> Result<(), KernelError> {
         let heads = host.heads;
-        if tier.heads != heads || tier.d != host.d || step.current + 1 != host.len {
+        if tier.heads != heads || tier.d != host.d || step.current() + 1 != host.len {
             return Err(KernelError::Shape(format!(
                 "a tier of {} heads of {} over a host tier of {heads} heads of {} holding {} tokens, current {}",
-                tier.heads, tier.d, host.d, host.len, step.current
+                tier.heads,
+                tier.d,
+                host.d,
+                host.len,
+                step.current()
             )));
         }
-        let step = match step.ids {
-            // Every token as one list per KV head: the dense step's rows, order and chunks.
-            StepIds::Dense => DecodeStep {
-                ids: StepIds::Clustered { sink: 0, clustered_end: 0, chosen: 0 },
+        let step = match step.selected {
+            // Every token as one list per KV head, all of it tail: the dense step's rows,
+            // order and chunks.
+            None => DecodeStep {
+                regions: Regions::new(0, 0, step.regions.current())
+                    .map_err(|e| KernelError::Shape(e.to_string()))?,
+                selected: Some(0),
                 per_kv_head: true,
                 ..*step
             },
-            StepIds::Clustered { .. } => *step,
+            Some(_) => *step,
         };
         self.upload_queries_for(heads, host.d, &step, queries, scratch)?;
         self.prepare_lists(index, &step, heads, scratch)?;
@@ -323,8 +317,7 @@ impl Gpu {
             int("tokens", tier.tokens)?,
         );
         let host_stride = (host.capacity * host.d) as i64;
-        let current = u32::try_from(step.current)
-            .map_err(|_| KernelError::Shape(format!("current {}", step.current)))?;
+        let current = step.regions.current();
         super::decode::at_least(self, &mut scratch.slot_ids, step.lists(heads) * scratch.attended)?;
         scratch.read_slots = true;
         let mut l = self.stream.launch_builder(&f);
@@ -348,20 +341,22 @@ impl Gpu {
         self.attend_rows(tier.rows(), &step, scratch)
     }
 
-    /// The traffic of every head of a tier so far; fails if a step ever ran out of slots.
-    pub fn tier_stats(&self, tier: &GpuTier) -> Result<Vec<GpuTierStats>, KernelError> {
+    /// The traffic of every head of a tier so far, counted as the CPU tier counts it with
+    /// K and V rows of `row_bytes` bytes; fails if a step ever ran out of slots.
+    pub fn tier_stats(&self, tier: &GpuTier, row_bytes: u64) -> Result<Vec<TierStats>, KernelError> {
         let raw = self.stream.clone_dtoh(&tier.stats).map_err(driver)?;
         if let Some(h) = raw.chunks_exact(5).position(|c| c[3] > 0) {
             return Err(KernelError::Shape(format!("head {h} of the device tier ran out of slots")));
         }
         Ok(raw
             .chunks_exact(5)
-            .map(|c| GpuTierStats {
-                steps: tier.step.saturating_sub(1),
+            .map(|c| TierStats {
+                steps: u64::from(tier.step.saturating_sub(1)),
                 attended: c[0],
                 hits: c[1],
-                fetched: c[2],
-                cold: c[4],
+                bytes_fetched: c[2] * row_bytes,
+                bytes_no_cache: c[0] * row_bytes,
+                cold_bytes: c[4] * row_bytes,
             })
             .collect())
     }

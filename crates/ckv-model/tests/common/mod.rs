@@ -1,5 +1,5 @@
-//! Helpers shared by the test files: GGUF files written in memory, temporary files, and
-//! the default assets (`cargo xtask fetch`).
+//! Helpers shared by the test files: GGUF files written in memory (tiny random Llama models
+//! among them), temporary files, the default assets (`cargo xtask fetch`), and comparisons.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -21,11 +21,13 @@ pub enum Val {
     F64(f64),
 }
 
+/// Appends a GGUF string: its length (`u64`), then its bytes.
 pub fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend((s.len() as u64).to_le_bytes());
     out.extend(s.as_bytes());
 }
 
+/// Appends a GGUF metadata value: its type code, then its payload.
 pub fn put_val(out: &mut Vec<u8>, v: &Val) {
     match v {
         Val::U8(x) => out.extend(0u32.to_le_bytes().into_iter().chain([*x])),
@@ -94,6 +96,7 @@ pub fn gguf_bytes(metadata: &[(&str, Val)], tensors: &[Tensor], alignment: usize
     out
 }
 
+/// A new file in the temporary folder holding `bytes`, removed when the result is dropped.
 pub fn temp_file(bytes: &[u8]) -> TempFile {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -126,16 +129,43 @@ pub fn asset(var: &str, file: &str) -> Option<PathBuf> {
     path.exists().then_some(path)
 }
 
+/// The default model of DESIGN section 7 (`CKV_MODEL` overrides it), if it is there.
+pub fn default_model_path() -> Option<PathBuf> {
+    asset("CKV_MODEL", "SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+/// The default text of DESIGN section 7 (`CKV_TEXT` overrides it), if it is there.
+pub fn default_text_path() -> Option<PathBuf> {
+    asset("CKV_TEXT", "moby-dick.txt")
+}
+
+/// The model of the GGUF `bytes`, loaded from a temporary file (removed again at once: the
+/// model keeps its mapping).
+pub fn load_model(bytes: &[u8]) -> ckv_model::Model {
+    let file = temp_file(bytes);
+    ckv_model::Model::load(file.path()).unwrap()
+}
+
+/// `|got - want| / |want|` (Euclidean norms): the relative error of `got` against the
+/// reference `want`.
+pub fn rel_err(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len(), "compared slices differ in length");
+    let diff: f64 = got.iter().zip(want).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>().sqrt();
+    diff / want.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt()
+}
+
 /// A small deterministic generator (xorshift64*).
 pub struct Rng(pub u64);
 
 impl Rng {
+    /// The next 64 random bits.
     pub fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
+    /// A random value in `[0, 1)`.
     pub fn unit(&mut self) -> f32 {
         (self.next() >> 40) as f32 / (1u64 << 24) as f32
     }
@@ -197,6 +227,17 @@ pub fn tiny_model(code_of: impl Fn(&str) -> Option<u32>, seed: u64) -> Vec<u8> {
 
 /// [`tiny_model`] of any dims.
 pub fn model_with(dims: Dims, code_of: impl Fn(&str) -> Option<u32>, seed: u64) -> Vec<u8> {
+    model_edited(dims, code_of, seed, |_, _| {})
+}
+
+/// [`model_with`], with each tensor's bytes passed through `edit(name, data)` before they are
+/// written (e.g. zeroed: all-zero blocks of every GGML type hold zeros).
+pub fn model_edited(
+    dims: Dims,
+    code_of: impl Fn(&str) -> Option<u32>,
+    seed: u64,
+    edit: impl Fn(&str, &mut [u8]),
+) -> Vec<u8> {
     let (h, ffn, heads, kv_heads, layers, vocab) = dims;
     let kv = kv_heads * h / heads;
     let mut rng = Rng(seed | 1);
@@ -235,7 +276,10 @@ pub fn model_with(dims: Dims, code_of: impl Fn(&str) -> Option<u32>, seed: u64) 
     }
     let leaked: Vec<Tensor> = tensors
         .into_iter()
-        .map(|(name, dims, code, data)| (&*Box::leak(name.into_boxed_str()), dims, code, data))
+        .map(|(name, dims, code, mut data)| {
+            edit(&name, &mut data);
+            (&*Box::leak(name.into_boxed_str()), dims, code, data)
+        })
         .collect();
     let metadata = [
         ("general.architecture", Val::Str("llama")),

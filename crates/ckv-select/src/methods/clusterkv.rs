@@ -2,13 +2,15 @@
 
 use std::ops::Range;
 
-use ckv_cluster::{ClusterParams, Clustering, Element, Init, kmeans, score_rows};
+use ckv_cluster::{ClusterParams, Clustering, Init, kmeans};
+use ckv_core::{Element, ParamGuard, score_rows};
 use ckv_index::ClusterIndex;
 
 use crate::mass::MassEstimate;
 use crate::rank::{rank_covering, sort_ids, take_units};
 use crate::selector::sum_queries;
-use crate::{Goal, Growth, Method, SelectError, Selector, StepCtx, ValidSelectParams, derive_seed};
+use crate::{Goal, Growth, Method, SelectError, Selector, StepCtx, ValidSelectParams};
+use ckv_core::derive_seed;
 
 /// Clusters the prompt's keys (`ceil((P - s) / tokens_per_cluster)` clusters) and every full
 /// tail window (`window_clusters` clusters) into a [`ClusterIndex`]; at each step ranks the
@@ -74,13 +76,13 @@ fn score_centroids(index: &ClusterIndex, queries: &[f32], d: usize, scores: &mut
 /// distance of its members to its centroid (0 for an empty cluster).
 fn spreads<E: Element>(clustering: &Clustering, keys: &[E], d: usize) -> Vec<f32> {
     let mut sums = vec![0.0f64; clustering.n_clusters()];
-    for (key, &label) in keys.chunks_exact(d).zip(&clustering.labels) {
-        let c = &clustering.centroids[label as usize * d..(label as usize + 1) * d];
+    for (key, &label) in keys.chunks_exact(d).zip(clustering.labels()) {
+        let c = &clustering.centroids()[label as usize * d..(label as usize + 1) * d];
         let dist: f32 = key.iter().zip(c).map(|(k, c)| (k.to_f32() - c).powi(2)).sum();
         sums[label as usize] += f64::from(dist);
     }
     sums.iter()
-        .zip(&clustering.sizes)
+        .zip(clustering.sizes())
         .map(|(&s, &n)| if n == 0 { 0.0 } else { (s / f64::from(n)) as f32 })
         .collect()
 }
@@ -194,7 +196,7 @@ impl<E: Element> Selector<E> for ClusterKvSelector {
 mod tests {
     use super::*;
     use crate::{Regions, SelectParams, select_step};
-    use ckv_cluster::dot;
+    use ckv_core::dot;
     use half::f16;
 
     /// Far more than 256 clusters (the reference code's cap) rank and fill correctly.

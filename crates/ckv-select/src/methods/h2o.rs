@@ -2,7 +2,7 @@
 
 use std::ops::Range;
 
-use ckv_cluster::Element;
+use ckv_core::Element;
 
 use crate::rank::partition_top;
 use crate::{Goal, Growth, Method, SelectError, Selector, StepCtx};

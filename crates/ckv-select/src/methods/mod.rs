@@ -14,12 +14,12 @@ pub use oracle::OracleSelector;
 pub use quest::QuestSelector;
 pub use streaming::StreamingLlmSelector;
 
-use ckv_cluster::Element;
+use ckv_core::Element;
 
 use crate::{Method, Selector, ValidSelectParams};
 
 /// A fresh selector of `params.method()` for one (sequence, layer, KV head); `seed` is that
-/// head's seed (see [`derive_seed`](crate::derive_seed)).
+/// head's seed (see [`derive_seed`](ckv_core::derive_seed)).
 pub fn new_selector<E: Element>(params: &ValidSelectParams, seed: u64) -> Box<dyn Selector<E>> {
     match params.method() {
         Method::Dense => Box::new(DenseSelector),

@@ -2,7 +2,7 @@
 
 use std::ops::Range;
 
-use ckv_cluster::{Element, dot, score_rows};
+use ckv_core::{Element, dot, score_rows};
 
 use crate::mass::MassEstimate;
 use crate::rank::{partition_top, rank_covering};

@@ -1,0 +1,59 @@
+//! `clusterkv sweep`: the settings sweep behind ClusterKV's defaults.
+
+use std::error::Error;
+
+use std::time::Instant;
+
+use ckv_core::ParamGuard;
+use ckv_eval::{SweepConfig, SweepReport, run_sweep, sweep_tables, write_sweep};
+
+use crate::args::SweepArgs;
+use crate::common::{Bar, load, read_text, run_meta};
+
+pub(crate) fn run(args: SweepArgs) -> Result<(), Box<dyn Error>> {
+    let started = Instant::now();
+    let mut config = if args.quick { SweepConfig::quick() } else { SweepConfig::full() };
+    let set = |field: &mut Vec<usize>, value: Option<Vec<usize>>| {
+        if let Some(v) = value {
+            *field = v;
+        }
+    };
+    set(&mut config.contexts, args.contexts);
+    set(&mut config.budget_fractions, args.budget_fractions);
+    set(&mut config.tokens_per_cluster, args.tokens_per_cluster);
+    set(&mut config.windows, args.windows);
+    set(&mut config.window_clusters, args.window_clusters);
+    set(&mut config.sinks, args.sinks);
+    set(&mut config.iters, args.iters);
+    if let Some(v) = args.inits {
+        config.inits = v;
+    }
+    if let Some(v) = args.gqa {
+        config.gqa = v;
+    }
+    if let Some(v) = args.masses {
+        config.masses = v;
+    }
+    config.eval.positions = args.positions.unwrap_or(config.eval.positions);
+    config.eval.decode = args.decode.unwrap_or(config.eval.decode);
+    config.eval.passage_len = args.passage_len.unwrap_or(config.eval.passage_len);
+    config.eval.dense_layers = args.model.dense_layers;
+    config.eval.seed = args.seed;
+    config.step_context = args.step_context.unwrap_or(config.step_context);
+    config.reps = args.reps.unwrap_or(config.reps);
+    // Refuse bad input before loading anything.
+    config.check_ref()?;
+    let (model, tokenizer) = load(&args.model.model)?;
+    let tokens = read_text(&args.text, &tokenizer)?;
+    let bar = Bar::new()?;
+    let mut meta = run_meta(&args.model.model, &args.text, tokens.len(), &config.eval, args.quick)?;
+    let run = run_sweep(&model, &tokenizer, &tokens, &config, &bar)?;
+    bar.finish();
+    meta.seconds = started.elapsed().as_secs_f64();
+    let report = SweepReport { meta, run };
+    let files = write_sweep(&args.out, &report)?;
+    println!("{}", sweep_tables(&report));
+    let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    eprintln!("wrote {} in {:.1} s", names.join(", "), started.elapsed().as_secs_f64());
+    Ok(())
+}
