@@ -3,11 +3,10 @@
 //! every id is bitwise the dense step. The query rows of a group share one read of the
 //! rows (the GQA group of a KV head, when they attend to the same ids).
 
-use ckv_core::{Element, ParamError, ValueError, score_rows, softmax, weigh_rows};
+use ckv_core::{Element, ParamError, ValueError, score_rows, softmax, standard_slice, weigh_rows};
 use ndarray::{Array2, ArrayView2};
 
 use crate::AttnError;
-use crate::pipeline::standard;
 
 /// Attention of the `g` query rows of `queries` (`[g, d]`) over the key/value rows `rows`
 /// of `keys` and `values` (`[_, d]` each): for each query row an exact, numerically stable
@@ -154,7 +153,12 @@ fn attention_views<'a, E>(
     };
     shape("keys", keys.shape(), [keys.nrows(), d])?;
     shape("values", values.shape(), [keys.nrows(), d])?;
-    Ok((standard("queries", queries)?, d, standard("keys", keys)?, standard("values", values)?))
+    Ok((
+        standard_slice("queries", queries)?,
+        d,
+        standard_slice("keys", keys)?,
+        standard_slice("values", values)?,
+    ))
 }
 
 /// The selections of one GQA group at one step, as [`select_group`](ckv_select::select_group)

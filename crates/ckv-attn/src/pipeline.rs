@@ -6,8 +6,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use ckv_cache::{DeviceTier, HeadKv, HostBudget, HostReservation, TierStats};
-use ckv_core::derive_seed;
-use ckv_core::{Element, ValueError, check_values};
+use ckv_core::{Element, ValueError, check_values, derive_seed, standard_slice};
 use ckv_index::ClusterIndex;
 use ckv_select::{GqaPolicy, Growth, Regions, SelectError, Selector, StepCtx, new_selector, select_group};
 use ndarray::{ArrayView, ArrayView2, ArrayView3, Dimension};
@@ -115,20 +114,7 @@ pub(crate) fn rows<'a, D: Dimension>(
             given: view.shape().to_vec(),
         });
     }
-    standard(what, view)
-}
-
-/// The memory of `view` (the input `what`) in standard layout, or the error naming its shape
-/// and strides.
-pub(crate) fn standard<'a, A, D: Dimension>(
-    what: &'static str,
-    view: &ArrayView<'a, A, D>,
-) -> Result<&'a [A], ValueError> {
-    view.to_slice().ok_or_else(|| ValueError::NotContiguous {
-        what,
-        shape: view.shape().to_vec(),
-        strides: view.strides().to_vec(),
-    })
+    standard_slice(what, view)
 }
 
 /// The prompt of one sequence in prefill, taken by [`LayerPipeline::snapshot`]: per KV

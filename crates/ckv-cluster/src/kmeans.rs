@@ -6,7 +6,7 @@ mod normalize;
 mod update;
 mod validate;
 
-use ndarray::{ArrayView, ArrayView2, ArrayView3, Dimension};
+use ndarray::{ArrayView2, ArrayView3};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use crate::clustering::Clustering;
 use crate::error::ClusterError;
 use crate::params::ValidClusterParams;
-use ckv_core::{Element, ValueError};
+use ckv_core::{Element, standard_slice};
 
 use assign::{assign, objective};
 use normalize::normalize_rows;
@@ -95,7 +95,7 @@ pub fn kmeans_view<E: Element>(
     keys: ArrayView2<'_, E>,
 ) -> Result<Clustering, ClusterError> {
     let d = keys.ncols();
-    kmeans(params, standard("keys", &keys)?, d)
+    kmeans(params, standard_slice("keys", &keys)?, d)
 }
 
 /// [`kmeans_heads`] of the key rows of `H` heads as one head-major `ndarray` view
@@ -111,22 +111,10 @@ pub fn kmeans_heads_view<E: Element>(
     keys: ArrayView3<'_, E>,
 ) -> Result<Vec<Clustering>, ClusterError> {
     let (heads, n, d) = keys.dim();
-    let all = standard("keys", &keys)?;
+    let all = standard_slice("keys", &keys)?;
     let per_head = n * d;
     let rows: Vec<&[E]> = (0..heads).map(|h| &all[h * per_head..(h + 1) * per_head]).collect();
     kmeans_heads(params, &rows, d)
-}
-
-/// The memory of a view in standard layout, or the error naming its shape and strides.
-fn standard<'a, E, D: Dimension>(
-    what: &'static str,
-    view: &ArrayView<'a, E, D>,
-) -> Result<&'a [E], ValueError> {
-    view.to_slice().ok_or_else(|| ValueError::NotContiguous {
-        what,
-        shape: view.shape().to_vec(),
-        strides: view.strides().to_vec(),
-    })
 }
 
 /// Converts the (validated) rows to `f32` and clusters them.

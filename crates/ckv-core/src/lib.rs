@@ -48,4 +48,4 @@ pub use regions::{Regions, RegionsError};
 pub use rope::{rope, rope_inv_freq};
 pub use rows::{RowData, score_rows, simd_level, softmax, weigh_rows};
 pub use seed::derive_seed;
-pub use values::{ValueError, check_values};
+pub use values::{ValueError, check_values, standard_slice};

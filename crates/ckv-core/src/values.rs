@@ -1,6 +1,8 @@
 //! The one check of input values shared by every crate: length, NaN/Inf, and range of the
 //! storage type.
 
+use ndarray::{ArrayView, Dimension};
+
 use crate::Element;
 
 /// A problem with input values.
@@ -64,6 +66,22 @@ pub enum ValueError {
         /// Its strides, in elements.
         strides: Vec<isize>,
     },
+}
+
+/// The memory of `view` (the input `what`) when it is in standard layout (row-major,
+/// contiguous), without copying.
+///
+/// # Errors
+/// [`ValueError::NotContiguous`] naming the view's shape and strides otherwise.
+pub fn standard_slice<'a, A, D: Dimension>(
+    what: &'static str,
+    view: &ArrayView<'a, A, D>,
+) -> Result<&'a [A], ValueError> {
+    view.to_slice().ok_or_else(|| ValueError::NotContiguous {
+        what,
+        shape: view.shape().to_vec(),
+        strides: view.strides().to_vec(),
+    })
 }
 
 /// Checks that `xs` (the input named `what`) holds `expected` values, all finite and
