@@ -88,7 +88,7 @@ pub fn kmeans_heads<E: Element>(
 /// ```
 ///
 /// # Errors
-/// [`ClusterError::Value`] ([`ValueError::NotContiguous`], naming the shape and strides) if
+/// [`ClusterError::Value`] ([`ValueError::NotContiguous`](ckv_core::ValueError::NotContiguous), naming the shape and strides) if
 /// `keys` is not in standard (row-major, contiguous) layout; then the errors of [`kmeans`].
 pub fn kmeans_view<E: Element>(
     params: &ValidClusterParams,
@@ -103,7 +103,7 @@ pub fn kmeans_view<E: Element>(
 /// [`kmeans_heads`] on the heads' slices. Nothing is copied.
 ///
 /// # Errors
-/// [`ClusterError::Value`] ([`ValueError::NotContiguous`]) if `keys` is not in standard
+/// [`ClusterError::Value`] ([`ValueError::NotContiguous`](ckv_core::ValueError::NotContiguous)) if `keys` is not in standard
 /// layout (a token-major `[P, Hkv, d]` array must be made head-major first); then the errors
 /// of [`kmeans_heads`].
 pub fn kmeans_heads_view<E: Element>(
