@@ -14,9 +14,6 @@ pub enum BenchError {
     /// A KV store rejected its input.
     #[error(transparent)]
     Cache(#[from] ckv_cache::CacheError),
-    /// A clustering was rejected.
-    #[error(transparent)]
-    Cluster(#[from] ckv_cluster::ClusterError),
     /// The model failed to load or run.
     #[error(transparent)]
     Model(#[from] ckv_model::ModelError),

@@ -1,9 +1,10 @@
 //! Prefill clustering beside dense causal prefill attention over the same prompt (DESIGN
-//! section 9): the k-means of every KV head's keys `[s, P)` against the attention of every
-//! query head over `P` tokens.
+//! section 9), both through the pipeline: `LayerPipeline::prefill` attending every query
+//! head over `P` tokens, against `finish_prefill` clustering every KV head's keys `[s, P)`.
+
+use std::time::Instant;
 
 use ckv_attn::{LayerPipeline, PipelineConfig, PrefillInput};
-use ckv_cluster::{ClusterParams, kmeans_heads};
 use ckv_core::{ParamGuard, derive_seed};
 use ckv_select::{Method, SelectParams};
 use half::f16;
@@ -11,7 +12,7 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tracing::info;
 
-use super::memory::median_time;
+use super::memory::{median, median_time};
 use super::{BenchConfig, BenchRecord};
 use crate::BenchError;
 
@@ -46,32 +47,31 @@ pub fn prefill_case(config: &BenchConfig) -> Result<Vec<BenchRecord>, BenchError
     );
     result?;
     info!(context = p, seconds = dense_s, "dense causal prefill attention");
-    // The keys the pipeline stored (f16), per KV head, without the sink.
-    let seq = layer.prefill(PrefillInput { keys: &keys, values: &values, queries: None }, None)?;
-    let sink = SelectParams::default().validate()?.sink();
-    let heads: Vec<&[f16]> =
-        (0..hkv).map(|h| layer.kv(seq, h).map(|kv| &kv.keys()[sink * d..])).collect::<Result<_, _>>()?;
-    let clusters = (p - sink).div_ceil(config.tokens_per_cluster);
-    let params = ClusterParams::new(clusters).max_iters(config.cluster_iters).seed(config.seed).validate()?;
-    let mut iterations = 0;
-    let mut result = Ok(());
-    let cluster_s = median_time(
-        config.cluster_reps,
-        || {},
-        || {
-            result =
-                kmeans_heads(&params, &heads, d).map(|c| iterations = c.iter().map(|c| c.iterations()).sum());
-        },
-    );
-    result?;
-    info!(
-        context = p,
-        clusters,
-        heads = hkv,
-        mean_iterations = iterations as f64 / hkv as f64,
-        seconds = cluster_s,
-        "prefill clustering"
-    );
+    // The pipeline's own prompt clustering: a ClusterKV layer restored from the stored
+    // prompt, each run timing its `finish_prefill` (the k-means of every KV head's keys
+    // `[s, P)`, heads in parallel).
+    let seq = layer.add_sequence()?;
+    layer.extend(seq, PrefillInput { keys: &keys, values: &values, queries: None }, None)?;
+    let snapshot = layer.snapshot(seq)?;
+    drop(layer);
+    let select = SelectParams::new(Method::ClusterKv)
+        .tokens_per_cluster(config.tokens_per_cluster)
+        .max_iters(config.cluster_iters)
+        .seed(config.seed)
+        .max_context(p);
+    let mut clustering =
+        LayerPipeline::<f16>::new(PipelineConfig::new(shape.n_q_heads, hkv, d, select).validate()?);
+    let (mut times, mut clusters) = (Vec::with_capacity(config.cluster_reps), 0);
+    for _ in 0..config.cluster_reps.max(1) {
+        let seq = clustering.restore(&snapshot)?;
+        let started = Instant::now();
+        clustering.finish_prefill(seq)?;
+        times.push(started.elapsed().as_secs_f64());
+        clusters = clustering.index(seq, 0)?.map_or(0, |index| index.n_clusters());
+        clustering.remove(seq)?;
+    }
+    let cluster_s = median(&mut times);
+    info!(context = p, clusters, heads = hkv, seconds = cluster_s, "prefill clustering");
     let record = |method: &str, median_s: f64| BenchRecord {
         batch: None,
         case: "prefill".into(),
