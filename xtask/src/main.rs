@@ -53,8 +53,8 @@ enum Task {
     /// contexts 8k/32k/128k; budgets 512/1024/2048), prefill clustering beside dense prefill
     /// attention at 32k, end-to-end decode tokens/s of the real model at 4k and 8k, batches 1,
     /// 4 and 16, with llama.cpp's `llama-bench` beside them when `cargo xtask peer` has built
-    /// it. Prints a table; extra arguments go to `clusterkv bench`, e.g. `--quick` (about a
-    /// minute) or `--json bench.json`.
+    /// it. Prints a table; extra arguments go to `clusterkv bench`, e.g. `--quick` (about
+    /// half a minute) or `--json bench.json`.
     Bench {
         /// Arguments passed to `clusterkv bench`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]

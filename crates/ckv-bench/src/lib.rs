@@ -128,7 +128,7 @@ impl BenchConfig {
         }
     }
 
-    /// A run of about a minute with the same cases at small sizes (CI).
+    /// A run of about half a minute with the same cases at small sizes (CI).
     pub fn quick() -> Self {
         Self {
             contexts: vec![2048, 8192],

@@ -172,7 +172,7 @@ pub(crate) struct BenchArgs {
     /// Text file (prompts of the end-to-end case).
     #[arg(long, default_value_os_t = Path::new("assets").join(ckv_eval::DEFAULT_TEXT))]
     pub(crate) text: PathBuf,
-    /// Quick mode (about a minute): contexts 2048 and 8192, budgets 512 and 1024, prefill at
+    /// Quick mode (about half a minute): contexts 2048 and 8192, budgets 512 and 1024, prefill at
     /// 2048, the real model at 520. Without it: contexts 8k, 32k and 128k, budgets 512 to
     /// 2048, prefill at 32k, the real model at 4k and 8k.
     #[arg(long)]
