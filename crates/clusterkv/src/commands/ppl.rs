@@ -28,7 +28,7 @@ pub(crate) fn run(args: PplArgs) -> Result<(), Box<dyn Error>> {
     let mut meta = run_meta(&args.model.model, &args.text, tokens.len(), &config, true)?;
     meta.seconds = started.elapsed().as_secs_f64();
     println!(
-        "model {}, text {}: {} windows of {} tokens, the last {} decoded, dense layers {}, seed {}",
+        "model {}, text {}: {} windows of {} tokens, the last {} scored, dense layers {}, seed {}",
         args.model.model.display(),
         args.text.display(),
         args.positions,
