@@ -44,7 +44,6 @@ pub(super) fn synthetic_head(shape: &LayerShape, tokens: usize, seed: u64) -> (V
 /// timed step's query `[Hq, d]`, key and value `[Hkv, d]` rows.
 struct Layer {
     shape: LayerShape,
-    context: usize,
     snapshot: PrefillSnapshot<f16>,
     query: Vec<f32>,
     key: Vec<f32>,
@@ -73,7 +72,7 @@ impl Layer {
         let seq = prompt.add_sequence()?;
         prompt.extend(seq, PrefillInput { keys: &keys, values: &values, queries: None }, None)?;
         let snapshot = prompt.snapshot(seq)?;
-        Ok(Self { shape, context, snapshot, query, key, value })
+        Ok(Self { shape, snapshot, query, key, value })
     }
 
     /// Median time (seconds) of `config.reps` decode steps of a pipeline of `select` holding
@@ -90,7 +89,8 @@ impl Layer {
         let shape = &self.shape;
         let (hq, hkv, d) = (shape.n_q_heads, shape.n_kv_heads, shape.head_dim);
         // Every timed step appends its token: room for all of them.
-        let select = select.clone().max_iters(config.index_iters).max_context(self.context + config.reps + 1);
+        let select =
+            select.clone().max_iters(config.index_iters).max_context(self.snapshot.len() + config.reps + 1);
         let mut pipeline = LayerPipeline::<f16>::new(PipelineConfig::new(hq, hkv, d, select).validate()?);
         let seq = pipeline.restore(&self.snapshot)?;
         pipeline.finish_prefill(seq)?;
@@ -130,19 +130,23 @@ fn step_bytes(pipeline: &LayerPipeline<f16>, seq: SeqId) -> Result<usize, BenchE
     let mut bytes = 0;
     let mut rows = Vec::new();
     for h in 0..config.n_kv_heads() {
-        rows.clear();
-        for q in h * g..(h + 1) * g {
-            rows.extend_from_slice(pipeline.selection(seq, q)?);
-        }
-        rows.sort_unstable();
-        rows.dedup();
-        let attended = if select.method() == Method::Dense { tokens } else { rows.len() };
-        bytes += attended * 2 * d * 2;
-        bytes += match select.method() {
+        let attended = if select.method() == Method::Dense {
+            tokens
+        } else {
+            rows.clear();
+            for q in h * g..(h + 1) * g {
+                rows.extend_from_slice(pipeline.selection(seq, q)?);
+            }
+            rows.sort_unstable();
+            rows.dedup();
+            rows.len()
+        };
+        let summaries = match select.method() {
             Method::ClusterKv => pipeline.index(seq, h)?.map_or(0, |i| i.n_clusters()) * d * 2,
             Method::Quest => tokens.div_ceil(select.quest_page_size()) * 2 * d * 4,
             _ => 0,
         };
+        bytes += attended * 2 * d * 2 + summaries;
     }
     Ok(bytes)
 }
@@ -240,7 +244,7 @@ impl StepTimer {
 
     /// The context of the layer.
     pub fn context(&self) -> usize {
-        self.layer.context
+        self.layer.snapshot.len()
     }
 
     /// Median time (seconds) of a dense decode step over `config.reps` runs, each from a

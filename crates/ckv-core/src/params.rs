@@ -26,16 +26,6 @@ impl ParamError {
     pub fn zero_dim() -> Self {
         Self::new("d", 0, "at least 1")
     }
-
-    /// `Err(ParamError::new(..))` when `bad` holds: the check of one setting.
-    pub fn check(
-        bad: bool,
-        name: &'static str,
-        value: impl Display,
-        expected: impl Into<Cow<'static, str>>,
-    ) -> Result<(), Self> {
-        if bad { Err(Self::new(name, value, expected)) } else { Ok(()) }
-    }
 }
 
 /// Settings checked once, before any work, into a checked form that the work takes (the
@@ -52,7 +42,10 @@ impl ParamError {
 ///     type Checked = ValidWindow;
 ///     type Error = ParamError;
 ///     fn check_ref(&self) -> Result<(), ParamError> {
-///         ParamError::check(self.0 == 0, "window", self.0, "at least 1")
+///         if self.0 == 0 {
+///             return Err(ParamError::new("window", self.0, "at least 1"));
+///         }
+///         Ok(())
 ///     }
 ///     fn validate(self) -> Result<ValidWindow, ParamError> {
 ///         self.check_ref()?;
@@ -91,7 +84,5 @@ mod tests {
         let m = ParamError::new("budget", 3, format!("at least {}", 5)).to_string();
         assert_eq!(m, "invalid budget = 3: expected at least 5");
         assert_eq!(ParamError::zero_dim().to_string(), "invalid d = 0: expected at least 1");
-        assert!(ParamError::check(false, "x", 1, "y").is_ok());
-        assert_eq!(ParamError::check(true, "x", 1, "y").unwrap_err().name, "x");
     }
 }

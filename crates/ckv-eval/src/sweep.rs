@@ -525,8 +525,7 @@ fn step_times(
     let mut keys: Vec<String> = resolved.iter().flatten().flatten().map(step_key).collect();
     keys.sort();
     keys.dedup();
-    progress.start(&format!("step time at {context}"), 0);
-    progress.set_units(keys.len() as u64 + 1);
+    progress.start(&format!("step time at {context}"), keys.len() as u64 + 1);
     progress.message("building the layer");
     let bench = BenchConfig {
         shape: config.shape,

@@ -33,9 +33,8 @@ impl MarkdownTable {
     }
 
     /// Appends a row; each cell is written with `Display`.
-    pub fn row<T: fmt::Display>(&mut self, cells: impl IntoIterator<Item = T>) -> &mut Self {
+    pub fn row<T: fmt::Display>(&mut self, cells: impl IntoIterator<Item = T>) {
         self.line(cells);
-        self
     }
 
     fn line<T: fmt::Display>(&mut self, cells: impl IntoIterator<Item = T>) {
