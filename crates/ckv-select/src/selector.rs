@@ -101,7 +101,8 @@ fn check_queries<E>(step: &StepCtx<'_, E>) -> Result<(), SelectError> {
 }
 
 /// Checks a step's shapes and context and returns what its selections must choose, or
-/// `None` when every clustered token is taken (dense, or a fixed budget that covers them).
+/// `None` when every clustered token is taken (dense, a fixed budget that covers them, or an
+/// empty clustered region).
 fn plan<E: Element>(
     selector: &dyn Selector<E>,
     params: &ValidSelectParams,
@@ -126,7 +127,7 @@ fn plan<E: Element>(
         return Ok(None);
     }
     let goal = Goal { count: regions.selected_count(params.budget()), mass: params.mass() };
-    Ok((goal.count < clustered || goal.mass.is_some()).then_some(goal))
+    Ok((clustered > 0 && (goal.count < clustered || goal.mass.is_some())).then_some(goal))
 }
 
 /// Starts a list with the sink's ids (and every clustered one when `plan` is `None`).

@@ -525,6 +525,38 @@ proptest! {
 
 /// Criterion 3c: H2O never attends again to a token it dropped, keeps the heavy hitters, and
 /// still fills the budget exactly, over steps with a growing tail and window growths.
+/// Early in a sequence (`t < s`) the clustered region is empty and lies past the keys; a
+/// mass target chooses nothing there and attends the cut sink and the current token.
+#[test]
+fn a_mass_target_before_the_sink_fills_attends_sink_and_current() {
+    let sc = Scenario {
+        d: 1,
+        sink: 15,
+        window: 1,
+        window_clusters: 1,
+        budget: 17,
+        tokens_per_cluster: 2,
+        page_size: 1,
+        prompt: 3,
+        windows: 0,
+        tail: 0,
+        n_queries: 2,
+        coarse: false,
+        seed: 0,
+    };
+    let (keys, queries, regions) = (sc.keys(), sc.queries(), sc.regions());
+    assert_eq!(keys.len(), 4, "keys of positions 0..=3 only");
+    for method in [Method::ClusterKv, Method::Oracle] {
+        for gqa in POLICIES {
+            let params = sc.params_with(method, gqa, Budget::Mass { p: 0.9, max: sc.budget });
+            let step = StepCtx { queries: &queries, n_queries: 2, keys: &keys, d: 1, scale: 1.0, regions };
+            for ids in select_all(sc.selector(&params, &keys).as_mut(), &params, &step) {
+                assert_eq!(ids, [0, 1, 2, 3], "{method} {gqa}");
+            }
+        }
+    }
+}
+
 #[test]
 fn h2o_never_recalls_an_evicted_token() {
     let (d, s, window, budget, prompt) = (5usize, 4u32, 12usize, 48usize, 300u32);
