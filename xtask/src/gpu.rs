@@ -19,16 +19,25 @@ here=$(cd "$(dirname "$0")" && pwd)
 cuda=${CUDA_HOME:-/usr/local/cuda}
 export LD_LIBRARY_PATH="$cuda/lib64:$cuda/lib:${LD_LIBRARY_PATH:-}"
 export CKV_CUDA_INCLUDE="${CKV_CUDA_INCLUDE:-$cuda/include}"
+"$here/ckv-kernels-tests" --nocapture --test-threads 1
 "$here/ckv-gpu-tests" --nocapture --test-threads 1
 "$here/ckv-pipeline-tests" --nocapture --test-threads 1
 "$here/clusterkv" gpu-bench "$@"
 "#;
 
-/// The GPU test programs: `(package, test target, name in a bundle)`. ckv-sim's holds each
-/// kernel against the CPU path; ckv-attn's is the pipeline suite, every test instantiated
-/// for the GPU backend too.
-const GPU_TESTS: [(&str, &str, &str); 2] =
-    [("ckv-sim", "gpu", "ckv-gpu-tests"), ("ckv-attn", "pipeline", "ckv-pipeline-tests")];
+/// The test target that stands for a package's unit tests (`cargo test --lib`).
+const LIB: &str = "lib";
+
+/// The GPU test programs: `(package, target, name in a bundle)`, the target a test
+/// target's name or [`LIB`].
+/// ckv-kernels' unit tests drive its launchers where no public call reaches (a tier given
+/// too few slots); ckv-sim's hold each kernel against the CPU path; ckv-attn's is the
+/// pipeline suite, every test instantiated for the GPU backend too.
+const GPU_TESTS: [(&str, &str, &str); 3] = [
+    ("ckv-kernels", LIB, "ckv-kernels-tests"),
+    ("ckv-sim", "gpu", "ckv-gpu-tests"),
+    ("ckv-attn", "pipeline", "ckv-pipeline-tests"),
+];
 
 /// A built test program and its name in a bundle.
 type Program = (PathBuf, &'static str);
@@ -42,12 +51,14 @@ fn build() -> Result<(PathBuf, Vec<Program>), String> {
     let mut tests = Vec::new();
     for (package, test, name) in GPU_TESTS {
         let features = ["--release", "--locked", "--package", package, "--features", "cuda"];
+        let target: &[&str] = if test == LIB { &["--lib"] } else { &["--test", test] };
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        eprintln!("\n$ cargo test {} --test {test} --no-run", features.join(" "));
+        eprintln!("\n$ cargo test {} {} --no-run", features.join(" "), target.join(" "));
         let out = Command::new(cargo)
             .arg("test")
             .args(features)
-            .args(["--test", test, "--no-run", "--message-format=json"])
+            .args(target)
+            .args(["--no-run", "--message-format=json"])
             .stdin(Stdio::null())
             .stderr(Stdio::inherit())
             .output()
@@ -55,19 +66,24 @@ fn build() -> Result<(PathBuf, Vec<Program>), String> {
         if !out.status.success() {
             return Err(format!("building the GPU tests of {package} failed: {}", stderr_tail(&out.stderr)));
         }
-        let program = executable(&String::from_utf8_lossy(&out.stdout), test)
+        let program = executable(&String::from_utf8_lossy(&out.stdout), package, test)
             .ok_or(format!("cargo named no executable for the test {test} of {package}"))?;
         tests.push((program, name));
     }
     Ok((target_dir().join("release/clusterkv"), tests))
 }
 
-/// The executable of the test target `test` in cargo's JSON messages.
-fn executable(messages: &str, test: &str) -> Option<PathBuf> {
-    let name = format!(r#""name":"{test}""#);
+/// The executable of the test target `test` of `package` (its unit tests for [`LIB`]) in
+/// cargo's JSON messages.
+fn executable(messages: &str, package: &str, test: &str) -> Option<PathBuf> {
+    let (name, kind) = match test {
+        LIB => (package.replace('-', "_"), "lib"),
+        _ => (test.to_string(), "test"),
+    };
+    let (name, kind) = (format!(r#""name":"{name}""#), format!(r#""kind":["{kind}"]"#));
     messages
         .lines()
-        .filter(|l| l.contains(&name) && l.contains(r#""kind":["test"]"#))
+        .filter(|l| l.contains(&name) && l.contains(&kind))
         .find_map(|l| l.split(r#""executable":""#).nth(1)?.split('"').next().map(PathBuf::from))
 }
 
@@ -126,9 +142,17 @@ mod tests {
             r#"{"reason":"compiler-artifact","target":{"kind":["lib"],"name":"ckv_sim"},"executable":null}"#,
             "\n",
             r#"{"reason":"compiler-artifact","target":{"kind":["test"],"name":"gpu"},"executable":"/t/release/deps/gpu-0a1b"}"#,
+            "\n",
+            r#"{"reason":"compiler-artifact","target":{"kind":["lib"],"name":"ckv_kernels"},"executable":"/t/release/deps/ckv_kernels-9c"}"#,
         );
-        assert_eq!(executable(messages, "gpu"), Some(PathBuf::from("/t/release/deps/gpu-0a1b")));
-        assert_eq!(executable(messages, "pipeline"), None);
-        assert_eq!(executable("{}", "gpu"), None);
+        assert_eq!(executable(messages, "ckv-sim", "gpu"), Some(PathBuf::from("/t/release/deps/gpu-0a1b")));
+        assert_eq!(executable(messages, "ckv-attn", "pipeline"), None);
+        assert_eq!(executable("{}", "ckv-sim", "gpu"), None);
+        // A package's unit tests: its lib target built as a test (the plain lib has none).
+        assert_eq!(
+            executable(messages, "ckv-kernels", LIB),
+            Some(PathBuf::from("/t/release/deps/ckv_kernels-9c"))
+        );
+        assert_eq!(executable(messages, "ckv-sim", LIB), None);
     }
 }

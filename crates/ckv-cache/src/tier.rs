@@ -190,7 +190,7 @@ impl<E: Element> DeviceTier<E> {
         // Free the rows no step of the last `reuse` attended.
         for slot in 0..self.token_of.len() {
             let token = self.token_of[slot];
-            if token != NONE && self.last_used[slot] + self.reuse <= step {
+            if token != NONE && step - self.last_used[slot] >= self.reuse {
                 self.slot_of[token as usize] = NONE;
                 self.token_of[slot] = NONE;
                 self.free.push(slot as u32);

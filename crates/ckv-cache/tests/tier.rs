@@ -15,7 +15,8 @@ proptest! {
     fn holds_the_last_reuse_attended_sets(
         d in 1usize..9,
         prompt in 1usize..60,
-        reuse in 1usize..5,
+        // usize::MAX: "keep everything", which must not wrap the age comparison.
+        reuse in prop_oneof![1usize..5, Just(usize::MAX)],
         steps in prop::collection::vec((prop::collection::vec(0.0f64..1.0, 1..4), 0u64..1000), 1..25),
     ) {
         let mut host = HeadKv::<f16>::new(d).unwrap();

@@ -48,7 +48,10 @@ extern "C" __global__ void __launch_bounds__(TIER_THREADS) tier_step(
             const unsigned slot = head_slot_of[id];
             if (slot == NONE) {
                 if (atomicCAS(&head_slot_of[id], NONE, PENDING) == NONE) {
-                    head_missing[atomicAdd(&n_missing, 1u)] = id;
+                    // Only `slots` rows can be placed: those beyond are counted, not listed
+                    // (they stay PENDING until the lists are written).
+                    const unsigned m = atomicAdd(&n_missing, 1u);
+                    if (m < (unsigned)slots) head_missing[m] = id;
                     if (id != current) {
                         atomicAdd(&attended, 1u);
                         atomicAdd(&fetched, 1u);
@@ -64,10 +67,12 @@ extern "C" __global__ void __launch_bounds__(TIER_THREADS) tier_step(
         __syncthreads();
     }
 
-    // Free every slot no step of the last `reuse` attended.
+    // Free every slot no step of the last `reuse` attended. A held slot was last used at a
+    // step no later than this one (a row is placed with its step), so the difference does
+    // not wrap, and any `reuse` (u32 max: keep everything) compares as it should.
     for (int s = threadIdx.x; s < slots; s += blockDim.x) {
         const unsigned token = head_token_of[s];
-        if (token != NONE && head_last[s] + reuse <= step) {
+        if (token != NONE && step - head_last[s] >= reuse) {
             head_slot_of[token] = NONE;
             head_token_of[s] = NONE;
         }
@@ -75,20 +80,17 @@ extern "C" __global__ void __launch_bounds__(TIER_THREADS) tier_step(
     }
     __syncthreads();
 
-    // Each missing row takes a free slot and is copied from the host tier.
-    // (Rows beyond the free slots, which the launcher's sizing rules out, are counted and
-    // left unheld; their lists read slot 0 rather than out of bounds.)
+    // Each missing row takes a free slot and is copied from the host tier. Rows beyond the
+    // free slots (listed or not), which the launcher's sizing rules out, are counted in
+    // stats[3] (the launcher fails the step on it) and left unheld: they stay PENDING until
+    // the lists are written, which resets them to NONE and reads slot 0 for them rather
+    // than out of bounds. placed <= n_free <= slots: every placed row was listed.
     const unsigned placed = min(n_missing, n_free);
-    for (unsigned m = threadIdx.x; m < n_missing; m += blockDim.x) {
-        const unsigned id = head_missing[m];
-        if (m < placed) {
-            const unsigned slot = head_free[m];
-            head_slot_of[id] = slot;
-            head_token_of[slot] = id;
-            head_last[slot] = step;
-        } else {
-            head_slot_of[id] = NONE;
-        }
+    for (unsigned m = threadIdx.x; m < placed; m += blockDim.x) {
+        const unsigned id = head_missing[m], slot = head_free[m];
+        head_slot_of[id] = slot;
+        head_token_of[slot] = id;
+        head_last[slot] = step;
     }
     __syncthreads();
     const int words = d / 2;  // d is even: rows move as pairs of halves
@@ -108,7 +110,8 @@ extern "C" __global__ void __launch_bounds__(TIER_THREADS) tier_step(
         const unsigned* list_ids = ids + (long long)list * stride;
         unsigned* list_slots = slot_ids + (long long)list * stride;
         for (int i = threadIdx.x; i < n_ids[list]; i += blockDim.x) {
-            const unsigned slot = head_slot_of[list_ids[i]];
+            const unsigned id = list_ids[i], slot = head_slot_of[id];
+            if (slot == PENDING) head_slot_of[id] = NONE;  // not placed: not held
             list_slots[i] = slot < (unsigned)slots ? slot : 0u;
         }
     }

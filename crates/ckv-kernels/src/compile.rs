@@ -24,6 +24,15 @@ pub enum KernelError {
     /// Inputs of the wrong shape.
     #[error("bad kernel input: {0}")]
     Shape(String),
+    /// A step of the GPU's device tier found more missing rows than free slots (the tier's
+    /// sizing rules it out): those rows went unheld and the step's attention read wrong rows.
+    #[error("head {head} of the device tier ran out of slots: {rows} rows went unheld")]
+    TierFull {
+        /// The KV head.
+        head: usize,
+        /// Rows its steps could not place, so far.
+        rows: u64,
+    },
     /// NVRTC rejected a source.
     #[error("kernel {name} does not compile for {arch}: {log}")]
     Compile {

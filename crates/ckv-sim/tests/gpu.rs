@@ -1,5 +1,6 @@
 //! The CUDA kernels against the CPU path on fresh random inputs (DESIGN section 6): the
-//! attention, selection, k-means, KV append and all-heads clustering kernels. The decode
+//! attention, selection, k-means, KV append and all-heads clustering kernels, and the
+//! offload tier under a reuse that keeps everything. The decode
 //! pipeline on the GPU backend (against the CPU pipeline, offload, the configurations it
 //! refuses) is tested by `ckv-attn`'s pipeline suite, whose every test also runs on the GPU
 //! (`cargo test -p ckv-attn --features cuda --test pipeline`). Without a GPU (or its driver)
@@ -10,7 +11,8 @@
 use std::path::PathBuf;
 
 use ckv_attn::sparse_attention;
-use ckv_kernels::{Gpu, IndexParts, KernelError};
+use ckv_core::Regions;
+use ckv_kernels::{DecodeStep, Gpu, IndexParts, KernelError};
 use half::f16;
 use proptest::prelude::*;
 
@@ -96,7 +98,7 @@ fn selection_kernel_matches_the_cpu_ranking() {
         k in prop_oneof![
             Just(4096usize), Just(4097), Just(8192), Just(8193), 1usize..4097, 4097usize..20000
         ],
-        d in prop::sample::select(vec![8usize, 64, 128, 130, 7]),
+        d in prop::sample::select(vec![8usize, 64, 128, 130, 7, 256]),
         rows in 1usize..5,
         selections in 1usize..5,
         seed in 0u64..1000,
@@ -163,7 +165,8 @@ fn kmeans_kernels_keep_the_invariants_of_the_cpu_kmeans() {
     proptest!(config, |(
         blobs in 1usize..40,
         per_blob in 1usize..60,
-        d in prop::sample::select(vec![16usize, 64, 128]),
+        // 250 and 256: the assignment's shared memory is over 48 KiB (opted into).
+        d in prop::sample::select(vec![16usize, 64, 128, 250, 256]),
         seed in 0u64..1000,
     )| {
         let val = |i: usize, salt: u64| hashed(i, salt, 2001) / 1000.0 - 1.0;
@@ -260,7 +263,7 @@ fn clustering_every_head_at_once_builds_its_index() {
         k in prop_oneof![3 => 1usize..50, 1 => 4090usize..4300],
         extra in 0usize..300,
         first in 0usize..40,
-        d in prop::sample::select(vec![64usize, 128]),
+        d in prop::sample::select(vec![64usize, 128, 256]),
         seed in 0u64..1000,
     )| {
         let n = k + extra;
@@ -306,4 +309,36 @@ fn clustering_every_head_at_once_builds_its_index() {
             }
         }
     });
+}
+
+/// A reuse that keeps everything (u32::MAX steps, or more: the tier clamps it) keeps every
+/// row it fetched: over dense offloaded steps, every attended row after the first step is a
+/// hit and none is fetched again (a wrapping `last_used + reuse` would free them all).
+#[test]
+fn a_reuse_that_keeps_everything_keeps_every_row() {
+    let Some(gpu) = gpu() else { return };
+    let (heads, d, prompt, steps) = (2usize, 64usize, 50usize, 6usize);
+    let val = |i: usize, salt: u64| hashed(i, salt, 2001) / 1000.0 - 1.0;
+    for reuse in [u32::MAX as usize, usize::MAX] {
+        let keys: Vec<Vec<f16>> =
+            (0..heads).map(|h| (0..prompt * d).map(|i| f16::from_f32(val(i, h as u64))).collect()).collect();
+        let mut host = gpu.pinned_kv(heads, d, prompt + steps).unwrap();
+        let rows: Vec<(&[f16], &[f16])> = keys.iter().map(|k| (&k[..], &k[..])).collect();
+        gpu.extend_pinned(&mut host, &rows).unwrap();
+        let mut tier = gpu.tier(heads, d, reuse).unwrap();
+        let mut scratch = gpu.scratch().unwrap();
+        for t in 0..steps {
+            let row: Vec<f32> = (0..heads * d).map(|i| val(i, 100 + t as u64)).collect();
+            gpu.append_pinned(&mut host, &row, &row).unwrap();
+            let regions = Regions::new(0, 0, (prompt + t) as u32).unwrap();
+            let step = DecodeStep { group: 1, per_kv_head: true, regions, selected: None, scale: 0.125 };
+            gpu.decode_step_offloaded(&host, &mut tier, None, &step, &row, &mut scratch).unwrap();
+        }
+        let all: Vec<u32> = (0..(prompt + steps) as u32).collect();
+        for (h, stats) in gpu.tier_stats(&tier, 1).unwrap().iter().enumerate() {
+            assert_eq!(gpu.tier_resident(&tier, h).unwrap(), all, "reuse {reuse}, head {h}");
+            assert!(stats.attended > 0);
+            assert_eq!((stats.hits, stats.bytes_fetched), (stats.attended, 0), "reuse {reuse}, head {h}");
+        }
+    }
 }

@@ -3,7 +3,7 @@
 
 use std::ops::Range;
 
-use cudarc::driver::{CudaSlice, PushKernelArg};
+use cudarc::driver::{CudaSlice, PushKernelArg, sys};
 use half::f16;
 
 use super::{Gpu, driver, grid, int};
@@ -17,6 +17,13 @@ pub(super) const MAX_D: usize = 256;
 const ASSIGN_ROWS: usize = 64;
 const ASSIGN_CENTROIDS: usize = 32;
 const COUNT_ROWS: usize = 1024;
+
+/// Bytes of dynamic shared memory of a k-means assignment block for rows of `dp` halves (the
+/// head dimension rounded up to 16): its rows and a tile of centroids, `dp + 8` halves apart.
+/// Over the 48 KiB a kernel gets without opting in for d > 240 (`cluster` opts in).
+fn assign_shared_bytes(dp: usize) -> usize {
+    (ASSIGN_ROWS + ASSIGN_CENTROIDS) * (dp + 8) * size_of::<f16>()
+}
 
 /// One head's cluster index in the CSR layout of `ckv_index::ClusterIndex`.
 #[derive(Debug, Clone, Copy)]
@@ -236,13 +243,22 @@ impl Gpu {
         let scan = self.function("kmeans", "kmeans_scan")?;
         let scatter = self.function("kmeans", "kmeans_scatter")?;
         let update = self.function("kmeans", "kmeans_update")?;
+        let shared = assign_shared_bytes(dp);
+        // Beyond 48 KiB (d > 240) a launch fails unless the kernel opts in.
+        assign
+            .set_attribute(
+                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                int("assignment shared bytes", shared)?,
+            )
+            .map_err(driver)?;
         let keys = kv.keys.slice(tokens.start * d..);
         // SAFETY (every launch below): the arguments match the kernels of `kmeans.cu` in
         // order and type, for `heads` heads (blockIdx.y, or blockIdx.x for kmeans_scan) of
         // n rows, k clusters of dimension d (padded to dp); the buffers have the sizes the
         // kernels index (beyond 4096 clusters the count adds into `counts`, [heads, k,
         // blocks], and the scatter advances it in place); the assignment's dynamic shared
-        // memory is (64 + 32) * (dp + 8) halves, at most 48 KiB for d <= 256.
+        // memory is `assign_shared_bytes(dp)`, which `assign` is allowed above (at most 50688
+        // bytes for d <= 256, below every supported architecture's opt-in limit).
         // The members of the current labels: counts per block, their scan, the scatter.
         let list = |labels: &CudaSlice<u32>,
                     counts: &mut CudaSlice<u32>,
@@ -296,7 +312,6 @@ impl Gpu {
             #[allow(unsafe_code)]
             unsafe {
                 s.memset_zeros(&mut changed).map_err(driver)?;
-                let shared = (ASSIGN_ROWS + ASSIGN_CENTROIDS) * (dp + 8) * 2;
                 let mut l = s.launch_builder(&assign);
                 l.arg(&xn).arg(&n_i).arg(&cn).arg(&k_i).arg(&dp_i).arg(&mut labels).arg(&mut changed);
                 l.launch(grid(n.div_ceil(ASSIGN_ROWS), heads, 128, shared)).map_err(driver)?;
@@ -328,5 +343,29 @@ impl Gpu {
         let index =
             DeviceIndex { centroids: rounded, sizes, offsets, members, heads, clusters: k, tokens: n, d };
         Ok(DeviceClustering { index, labels, centroids, iterations })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Dynamic shared memory a kernel gets without opting in.
+    const DEFAULT_DYNAMIC_SHARED: usize = 48 * 1024;
+
+    /// The least shared memory per block that any architecture the kernels take (compute
+    /// capability 8.0 and newer) lets a kernel opt into: 99 KiB, on 8.6 and 8.9.
+    const MIN_OPT_IN_SHARED: usize = 99 * 1024;
+
+    /// The assignment of every head dimension `cluster` takes fits the opt-in limit of
+    /// every supported architecture; from d = 241 on it needs the opt-in.
+    #[test]
+    fn assignment_shared_memory_fits_after_opting_in() {
+        let bytes = |d: usize| assign_shared_bytes(d.next_multiple_of(16));
+        assert_eq!(bytes(240), 96 * 248 * 2);
+        assert!(bytes(240) <= DEFAULT_DYNAMIC_SHARED);
+        assert!(bytes(241) > DEFAULT_DYNAMIC_SHARED);
+        assert_eq!(bytes(MAX_D), 50688);
+        assert!((1..=MAX_D).all(|d| bytes(d) <= MIN_OPT_IN_SHARED));
     }
 }
