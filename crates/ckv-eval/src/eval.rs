@@ -52,6 +52,9 @@ pub struct EvalConfig {
     pub seed: u64,
     /// Attention fidelity is measured every this many decode steps.
     pub fidelity_every: usize,
+    /// Probes decoded together ([`ProbeOptions::batch`]): peak memory grows with it (about
+    /// two KV caches of a context per probe), not with the number of probes or contexts.
+    pub batch: usize,
 }
 
 impl EvalConfig {
@@ -89,6 +92,7 @@ impl EvalConfig {
             select: SelectParams::default(),
             seed: 0,
             fidelity_every: 1,
+            batch: 4,
         }
     }
 }
@@ -138,6 +142,7 @@ pub fn evaluate(
         dense_layers: config.dense_layers,
         seed: config.seed,
         fidelity_every: config.fidelity_every,
+        batch: config.batch,
     };
     let mut records = Vec::new();
     for &context in &config.contexts {

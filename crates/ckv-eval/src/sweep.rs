@@ -28,7 +28,7 @@ use tracing::{info, warn};
 
 use crate::Progress;
 use crate::eval::{probe_set, task_score};
-use crate::probe::{ProbeOptions, ProbeScore, Setting, SettingResult, run_probes};
+use crate::probe::{ProbeOptions, ProbeScore, Setting, SettingResult, probes_context, run_probes};
 use crate::report::FONT;
 use ckv_bench::{BenchConfig, Flusher, LayerShape, StepTimer};
 use ckv_sim::{MarkdownTable, Variant};
@@ -593,6 +593,7 @@ pub fn run_sweep(
         dense_layers: eval.dense_layers,
         seed: eval.seed,
         fidelity_every: 1,
+        batch: eval.batch,
     };
     let dense_variant = Variant { method: Method::Dense, gqa: GqaPolicy::PerQueryHead };
     let mut records = Vec::new();
@@ -600,7 +601,7 @@ pub fn run_sweep(
     for &context in &config.contexts {
         let set = probe_set(tokenizer, tokens, &eval, context)?;
         copy_probes = set.tasks.iter().filter(|&&t| t == Task::Copy).count();
-        let max_context = set.probes.iter().map(|p| p.prompt.len() + p.scored.end).max().unwrap_or(context);
+        let max_context = probes_context(&set.probes);
         // (point, fraction) -> index into `settings`, with the resolved parameters.
         let mut settings =
             vec![Setting::fixed(dense_variant, budget_of(context, config.budget_fractions[0]))];
