@@ -5,7 +5,7 @@ use crate::{GgufFile, ModelError};
 /// Hyper-parameters of a Llama-family model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlamaConfig {
-    /// `general.architecture` (the metadata prefix), e.g. `llama`.
+    /// `general.architecture` (the metadata prefix): `llama`, the only one that loads.
     pub architecture: String,
     /// Transformer blocks.
     pub n_layers: usize,
@@ -34,6 +34,11 @@ impl LlamaConfig {
     /// typed error naming it.
     pub fn from_gguf(gguf: &GgufFile) -> Result<Self, ModelError> {
         let architecture = gguf.get_str("general.architecture")?.to_owned();
+        if architecture != "llama" {
+            return Err(ModelError::Unsupported(format!(
+                "general.architecture {architecture:?}: only llama (the Llama family) is supported"
+            )));
+        }
         let key = |k: &str| format!("{architecture}.{k}");
         let usize_of = |k: &str| -> Result<usize, ModelError> { Ok(gguf.get_u32(&key(k))? as usize) };
         let n_layers = usize_of("block_count")?;

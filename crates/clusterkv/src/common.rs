@@ -1,10 +1,11 @@
-//! What the commands share: loading the model and text with hints when they are missing,
-//! the progress bar, run metadata and the JSON writer.
+//! What the commands share: loading the model and text, refused by name (with hints when
+//! they are missing), the progress bar, run metadata and the JSON writer.
 
 use std::error::Error;
 use std::path::Path;
 use std::time::Instant;
 
+use ckv_core::ParamError;
 use ckv_eval::{EvalConfig, Progress, RunMeta};
 use ckv_model::{GgufFile, Model, Tokenizer};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -12,30 +13,55 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tracing::info;
 
-/// Loads the model and its tokenizer, with a hint when the default file is missing.
-pub(crate) fn load(path: &Path) -> Result<(Model, Tokenizer), Box<dyn Error>> {
+/// Loads the model and its tokenizer from the file of `--model`, refused by name when it is
+/// missing (with a hint) or not a model this runtime loads.
+pub(crate) fn load(path: &Path) -> Result<(Model, Tokenizer), ParamError> {
+    let refuse =
+        |why: String| ParamError::new("--model", path.display(), format!("a Llama GGUF file ({why})"));
     if !path.exists() {
-        return Err(format!(
-            "model file {} not found: run `cargo xtask fetch` or pass --model",
-            path.display()
-        )
-        .into());
+        return Err(refuse("not found: run `cargo xtask fetch` or pass --model".into()));
     }
     let started = Instant::now();
-    let gguf = GgufFile::open(path)?;
-    let model = Model::from_gguf(&gguf)?;
-    let tokenizer = Tokenizer::from_gguf(&gguf)?;
+    let gguf = GgufFile::open(path).map_err(|e| refuse(e.to_string()))?;
+    let model = Model::from_gguf(&gguf).map_err(|e| refuse(e.to_string()))?;
+    let tokenizer = Tokenizer::from_gguf(&gguf).map_err(|e| refuse(e.to_string()))?;
     info!(path = %path.display(), seconds = started.elapsed().as_secs_f64(), "model loaded");
     Ok((model, tokenizer))
 }
 
-/// Reads and tokenizes the text, with a hint when it is missing.
-pub(crate) fn read_text(path: &Path, tokenizer: &Tokenizer) -> Result<Vec<u32>, Box<dyn Error>> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        format!("cannot read text {}: {e} (run `cargo xtask fetch` or pass --text)", path.display())
-    })?;
-    let tokens = tokenizer.encode(&text)?;
+/// Reads the text file of `--text`, refused by name when it cannot be read (with a hint),
+/// is not UTF-8 or is empty.
+pub(crate) fn read_text(path: &Path) -> Result<String, ParamError> {
+    let refuse = |expected: String| ParamError::new("--text", path.display(), expected);
+    let bytes = std::fs::read(path)
+        .map_err(|e| refuse(format!("a readable text file ({e}; run `cargo xtask fetch` or pass --text)")))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|e| refuse(format!("UTF-8 text (byte {} is not)", e.utf8_error().valid_up_to())))?;
+    if text.is_empty() {
+        return Err(refuse("some text (the file is empty)".into()));
+    }
+    Ok(text)
+}
+
+/// Tokenizes the text of `--text` (`path`), refused by name when it holds fewer than
+/// `needed` tokens (the context `within` names, as the user gave it).
+pub(crate) fn tokenize(
+    tokenizer: &Tokenizer,
+    text: &str,
+    path: &Path,
+    needed: usize,
+    within: &str,
+) -> Result<Vec<u32>, Box<dyn Error>> {
+    let tokens = tokenizer.encode(text)?;
     info!(tokens = tokens.len(), "text tokenized");
+    if tokens.len() < needed {
+        return Err(ParamError::new(
+            "--text",
+            path.display(),
+            format!("at least {needed} tokens of text for {within} (it holds {})", tokens.len()),
+        )
+        .into());
+    }
     Ok(tokens)
 }
 
@@ -89,9 +115,12 @@ fn commit() -> String {
     }
 }
 
-/// Writes `value` as pretty JSON to `path`.
+/// Writes `value` as pretty JSON to `path`, creating its folder.
 pub(crate) fn write_json(path: &Path, value: &impl Serialize) -> Result<(), Box<dyn Error>> {
-    std::fs::write(path, serde_json::to_string_pretty(value)?)
+    let json = serde_json::to_string_pretty(value)?;
+    path.parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::write(path, json))
         .map_err(|e| format!("cannot write {}: {e}", path.display()).into())
 }
 

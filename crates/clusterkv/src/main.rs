@@ -3,6 +3,7 @@
 //! over `ckv-bench`, `simulate` over `ckv-sim`, `generate` over `ckv-model`.
 
 mod args;
+mod check;
 mod commands;
 mod common;
 

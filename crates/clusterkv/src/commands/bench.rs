@@ -6,9 +6,11 @@ use std::time::Instant;
 
 use ckv_bench::{BenchConfig, Peer, bench_tables, run_bench};
 use ckv_core::ParamGuard;
+use ckv_select::SelectParams;
 
 use crate::args::BenchArgs;
-use crate::common::{load, read_text, write_json};
+use crate::check;
+use crate::common::{load, read_text, tokenize, write_json};
 
 pub(crate) fn run(args: BenchArgs) -> Result<(), Box<dyn Error>> {
     let started = Instant::now();
@@ -32,6 +34,18 @@ pub(crate) fn run(args: BenchArgs) -> Result<(), Box<dyn Error>> {
     config.dense_layers = args.model.dense_layers;
     config.seed = args.seed;
     config.check_ref()?;
+    check::distinct("--contexts", &config.contexts)?;
+    check::distinct("--budgets", &config.budgets)?;
+    check::distinct("--e2e-contexts", &config.e2e_contexts)?;
+    check::distinct("--e2e-batches", &config.e2e_batches)?;
+    let contexts = check::joined(&config.contexts);
+    for &context in &config.contexts {
+        let within = format!("{context} of --contexts {contexts}");
+        check::budgets("--budgets", &config.budgets, &SelectParams::default(), context, &within)?;
+    }
+    if let Some(path) = &args.json {
+        check::writable_file("--json", path)?;
+    }
     let peer = match args.llama_cpp {
         Some(llama_bench) if args.no_model => {
             return Err(format!(
@@ -53,8 +67,12 @@ pub(crate) fn run(args: BenchArgs) -> Result<(), Box<dyn Error>> {
     let real = if args.no_model {
         None
     } else {
+        let text = read_text(&args.text)?;
         let (model, tokenizer) = load(&args.model.model)?;
-        let tokens = read_text(&args.text, &tokenizer)?;
+        let e2e = &config.e2e_contexts;
+        let largest = e2e.iter().copied().max().unwrap_or(0);
+        let within = format!("--e2e-contexts {}", check::joined(e2e));
+        let tokens = tokenize(&tokenizer, &text, &args.text, largest, &within)?;
         Some((model, tokens))
     };
     let report = run_bench(&config, real.as_ref().map(|(m, t)| (m, t.as_slice())), peer.as_ref())?;

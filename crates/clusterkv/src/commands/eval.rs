@@ -7,7 +7,8 @@ use ckv_eval::{EvalConfig, EvalReport, evaluate, score_tables, write_reports};
 use tracing::info;
 
 use crate::args::EvalArgs;
-use crate::common::{Bar, load, read_text, run_meta, write_json};
+use crate::check;
+use crate::common::{Bar, load, read_text, run_meta, tokenize, write_json};
 
 pub(crate) fn run(args: EvalArgs) -> Result<(), Box<dyn Error>> {
     let started = Instant::now();
@@ -48,8 +49,26 @@ pub(crate) fn run(args: EvalArgs) -> Result<(), Box<dyn Error>> {
         *select = select.clone().init(init);
     }
     config.masses = args.masses.clone();
+    // Refuse bad input before loading anything.
+    check::distinct("--contexts", &config.contexts)?;
+    check::distinct("--budgets", &config.budgets)?;
+    check::distinct("--methods", &args.methods)?;
+    check::distinct("--tasks", &config.tasks.iter().map(|t| t.name()).collect::<Vec<_>>())?;
+    check::distinct("--masses", &config.masses)?;
+    let contexts = check::joined(&config.contexts);
+    for &context in &config.contexts {
+        let within = format!("{context} of --contexts {contexts}");
+        check::budgets("--budgets", &config.budgets, &config.select, context, &within)?;
+    }
+    check::writable_dir("--out", &args.out)?;
+    if let Some(path) = &args.json {
+        check::writable_file("--json", path)?;
+    }
+    let text = read_text(&args.text)?;
     let (model, tokenizer) = load(&args.model.model)?;
-    let tokens = read_text(&args.text, &tokenizer)?;
+    let largest = config.contexts.iter().copied().max().unwrap_or(0);
+    check::fits_model("--contexts", &contexts, largest, model.config())?;
+    let tokens = tokenize(&tokenizer, &text, &args.text, largest, &format!("--contexts {contexts}"))?;
     let bar = Bar::new()?;
     let mut meta = run_meta(&args.model.model, &args.text, tokens.len(), &config, args.quick)?;
     // One context at a time, the reports rewritten after each: a long run stopped early

@@ -4,18 +4,27 @@ use std::error::Error;
 use std::io::Write;
 use std::time::Instant;
 
+use ckv_core::{ParamError, ParamGuard};
 use ckv_select::SelectParams;
 
 use crate::args::GenerateArgs;
+use crate::check;
 use crate::common::load;
 
 pub(crate) fn run(args: GenerateArgs) -> Result<(), Box<dyn Error>> {
+    // Refuse bad input before loading anything: the budget at the most lenient context (one
+    // it covers whole), as the prompt's length is known only once the tokenizer is loaded.
+    SelectParams::new(args.method).budget(args.budget).max_context(args.budget).check_ref()?;
     let (model, tokenizer) = load(&args.model.model)?;
+    check::fits_model("--budget", args.budget, args.budget, model.config())?;
     let prompt = tokenizer.encode(&args.prompt)?;
     if prompt.is_empty() {
-        return Err("the prompt is empty".into());
+        return Err(ParamError::new("--prompt", format!("{:?}", args.prompt), "some text").into());
     }
-    let max_context = (prompt.len() + args.max_tokens).max(args.budget);
+    let positions = prompt.len() + args.max_tokens;
+    let given = format!("{} tokens + {}", prompt.len(), args.max_tokens);
+    check::fits_model("--prompt + --max-tokens", given, positions, model.config())?;
+    let max_context = positions.max(args.budget);
     let select = SelectParams::new(args.method).budget(args.budget).max_context(max_context);
     let mut runner = model.runner(&select, args.model.dense_layers)?;
     let started = Instant::now();

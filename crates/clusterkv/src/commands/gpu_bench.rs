@@ -10,7 +10,7 @@ use ckv_core::ParamGuard;
 
 use crate::args::GpuBenchArgs;
 #[cfg(feature = "cuda")]
-use crate::common::write_json;
+use crate::{check, common::write_json};
 
 #[cfg(feature = "cuda")]
 pub(crate) fn run(args: GpuBenchArgs) -> Result<(), Box<dyn Error>> {
@@ -25,6 +25,11 @@ pub(crate) fn run(args: GpuBenchArgs) -> Result<(), Box<dyn Error>> {
     config.reps = args.reps.unwrap_or(config.reps);
     config.cluster_context = args.cluster_context.unwrap_or(config.cluster_context);
     config.check_ref()?;
+    check::distinct("--contexts", &config.contexts)?;
+    check::distinct("--budgets", &config.budgets)?;
+    if let Some(path) = &args.json {
+        check::writable_file("--json", path)?;
+    }
     let gpu = ckv_kernels::Gpu::open(args.device, &ckv_kernels::default_include_dirs())?;
     eprintln!("GPU: {}", gpu.describe());
     let report = ckv_bench::run_gpu_bench(&gpu, &config)?;

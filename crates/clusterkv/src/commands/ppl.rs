@@ -7,7 +7,8 @@ use std::time::Instant;
 use ckv_eval::{EvalConfig, EvalReport, Task, evaluate, score_tables};
 
 use crate::args::PplArgs;
-use crate::common::{Bar, load, read_text, run_meta, write_json};
+use crate::check;
+use crate::common::{Bar, load, read_text, run_meta, tokenize, write_json};
 
 pub(crate) fn run(args: PplArgs) -> Result<(), Box<dyn Error>> {
     let started = Instant::now();
@@ -20,8 +21,18 @@ pub(crate) fn run(args: PplArgs) -> Result<(), Box<dyn Error>> {
     config.decode = args.decode;
     config.dense_layers = args.model.dense_layers;
     config.seed = args.seed;
+    // Refuse bad input before loading anything.
+    check::distinct("--methods", &args.methods)?;
+    check::distinct("--budgets", &args.budgets)?;
+    let within = format!("--context {}", args.context);
+    check::budgets("--budgets", &args.budgets, &config.select, args.context, &within)?;
+    if let Some(path) = &args.json {
+        check::writable_file("--json", path)?;
+    }
+    let text = read_text(&args.text)?;
     let (model, tokenizer) = load(&args.model.model)?;
-    let tokens = read_text(&args.text, &tokenizer)?;
+    check::fits_model("--context", args.context, args.context, model.config())?;
+    let tokens = tokenize(&tokenizer, &text, &args.text, args.context, &within)?;
     let bar = Bar::new()?;
     let records = evaluate(&model, &tokenizer, &tokens, &config, &bar)?;
     bar.finish();

@@ -4,12 +4,12 @@ use std::error::Error;
 
 use std::time::Instant;
 
-use ckv_core::ParamGuard;
 use ckv_select::SelectParams;
 use ckv_sim::{SimConfig, Trace, TraceConfig, Variant, simulate, table};
 use half::f16;
 
 use crate::args::{KvType, SimulateArgs};
+use crate::check;
 
 pub(crate) fn run(args: SimulateArgs) -> Result<(), Box<dyn Error>> {
     let trace_config = TraceConfig {
@@ -22,13 +22,15 @@ pub(crate) fn run(args: SimulateArgs) -> Result<(), Box<dyn Error>> {
         seed: args.seed,
         ..TraceConfig::default()
     };
+    let select = SelectParams::default().sink(args.sink).seed(args.seed);
+    // Fail on bad parameters before any long work.
+    check::distinct("--methods", &args.methods)?;
+    let within = format!("--context {}", args.context);
+    check::budgets("--budget", &[args.budget], &select, args.context, &within)?;
+    let config = SimConfig { select: select.budget(args.budget) };
     let started = Instant::now();
     eprintln!("generating the synthetic trace ({} + {} tokens)...", args.context, args.steps);
     let trace = Trace::generate(&trace_config)?;
-    let select = SelectParams::default().budget(args.budget).sink(args.sink).seed(args.seed);
-    let config = SimConfig { select };
-    // Fail on bad parameters before any long work.
-    config.select.check_ref()?;
     let variants: Vec<Variant> = Variant::all()
         .into_iter()
         .filter(|v| args.methods.is_empty() || args.methods.contains(&v.method))

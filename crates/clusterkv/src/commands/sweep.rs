@@ -8,7 +8,8 @@ use ckv_core::ParamGuard;
 use ckv_eval::{SweepConfig, SweepReport, run_sweep, sweep_tables, write_sweep};
 
 use crate::args::SweepArgs;
-use crate::common::{Bar, load, read_text, run_meta};
+use crate::check;
+use crate::common::{Bar, load, read_text, run_meta, tokenize};
 
 pub(crate) fn run(args: SweepArgs) -> Result<(), Box<dyn Error>> {
     let started = Instant::now();
@@ -43,8 +44,23 @@ pub(crate) fn run(args: SweepArgs) -> Result<(), Box<dyn Error>> {
     config.reps = args.reps.unwrap_or(config.reps);
     // Refuse bad input before loading anything.
     config.check_ref()?;
+    check::distinct("--contexts", &config.contexts)?;
+    check::distinct("--budget-fractions", &config.budget_fractions)?;
+    check::distinct("--tokens-per-cluster", &config.tokens_per_cluster)?;
+    check::distinct("--windows", &config.windows)?;
+    check::distinct("--window-clusters", &config.window_clusters)?;
+    check::distinct("--sinks", &config.sinks)?;
+    check::distinct("--inits", &config.inits)?;
+    check::distinct("--iters", &config.iters)?;
+    check::distinct("--gqa", &config.gqa)?;
+    check::distinct("--masses", &config.masses)?;
+    check::writable_dir("--out", &args.out)?;
+    let text = read_text(&args.text)?;
     let (model, tokenizer) = load(&args.model.model)?;
-    let tokens = read_text(&args.text, &tokenizer)?;
+    let contexts = check::joined(&config.contexts);
+    let largest = config.contexts.iter().copied().max().unwrap_or(0);
+    check::fits_model("--contexts", &contexts, largest, model.config())?;
+    let tokens = tokenize(&tokenizer, &text, &args.text, largest, &format!("--contexts {contexts}"))?;
     let bar = Bar::new()?;
     let mut meta = run_meta(&args.model.model, &args.text, tokens.len(), &config.eval, args.quick)?;
     let run = run_sweep(&model, &tokenizer, &tokens, &config, &bar)?;
