@@ -56,6 +56,8 @@ pub(crate) enum Command {
 pub(crate) struct SweepArgs {
     #[command(flatten)]
     pub(crate) model: ModelArg,
+    #[command(flatten)]
+    pub(crate) batch: BatchArg,
     /// Text file.
     #[arg(long, default_value_os_t = Path::new("assets").join(ckv_eval::DEFAULT_TEXT))]
     pub(crate) text: PathBuf,
@@ -229,10 +231,22 @@ pub(crate) struct ModelArg {
     pub(crate) dense_layers: usize,
 }
 
+/// Probes decoded together by the evaluations (`eval`, `ppl`, `sweep`).
+#[derive(clap::Args)]
+pub(crate) struct BatchArg {
+    /// Probes decoded together: their dense prefill snapshots and sequences are held at
+    /// once, so memory grows with it (about two KV caches of a context per probe), not with
+    /// the number of probes; results do not depend on it.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    pub(crate) batch: u16,
+}
+
 #[derive(clap::Args)]
 pub(crate) struct PplArgs {
     #[command(flatten)]
     pub(crate) model: ModelArg,
+    #[command(flatten)]
+    pub(crate) batch: BatchArg,
     /// Text file.
     #[arg(long, default_value_os_t = Path::new("assets").join(ckv_eval::DEFAULT_TEXT))]
     pub(crate) text: PathBuf,
@@ -264,6 +278,8 @@ pub(crate) struct PplArgs {
 pub(crate) struct EvalArgs {
     #[command(flatten)]
     pub(crate) model: ModelArg,
+    #[command(flatten)]
+    pub(crate) batch: BatchArg,
     /// Text file.
     #[arg(long, default_value_os_t = Path::new("assets").join(ckv_eval::DEFAULT_TEXT))]
     pub(crate) text: PathBuf,
@@ -346,6 +362,9 @@ pub(crate) struct GenerateArgs {
     /// Tokens to generate at most (stops early at the end-of-sequence token).
     #[arg(long, default_value_t = 64)]
     pub(crate) max_tokens: usize,
+    /// Keep generating after the end-of-sequence token, up to `--max-tokens` (long runs).
+    #[arg(long)]
+    pub(crate) ignore_eos: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

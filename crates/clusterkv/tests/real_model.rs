@@ -132,7 +132,16 @@ fn generate_streams_a_continuation() {
         return;
     };
     let out = Command::new(env!("CARGO_BIN_EXE_clusterkv"))
-        .args(["generate", "--prompt", "Call me Ishmael.", "--max-tokens", "5", "--budget", "64"])
+        .args([
+            "generate",
+            "--prompt",
+            "Call me Ishmael.",
+            "--max-tokens",
+            "48",
+            "--budget",
+            "32",
+            "--ignore-eos",
+        ])
         .arg("--model")
         .arg(&model)
         .output()
@@ -143,7 +152,9 @@ fn generate_streams_a_continuation() {
         text.starts_with("Call me Ishmael.") && text.trim_end().len() > "Call me Ishmael.".len(),
         "{text:?}"
     );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("tokens generated"));
+    // Past the budget, selecting and re-clustering, with no early stop.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("48 tokens generated"), "{err}");
 }
 
 #[test]

@@ -31,6 +31,7 @@ pub(crate) fn run(args: EvalArgs) -> Result<(), Box<dyn Error>> {
     config.passkey_seeds = args.passkey_seeds.unwrap_or(config.passkey_seeds);
     config.fidelity_every = args.fidelity_every.unwrap_or(config.fidelity_every);
     config.dense_layers = args.model.dense_layers;
+    config.batch = args.batch.batch.into();
     config.seed = args.seed;
     let select = &mut config.select;
     if let Some(sink) = args.sink {

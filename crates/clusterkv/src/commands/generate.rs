@@ -29,12 +29,14 @@ pub(crate) fn run(args: GenerateArgs) -> Result<(), Box<dyn Error>> {
     let mut runner = model.runner(&select, args.model.dense_layers)?;
     let started = Instant::now();
     let (mut seq, hidden) = runner.prefill(&prompt)?;
+    finite(&hidden, 0)?;
     let mut step = [(&mut seq, model.greedy_next(&hidden))];
+    let eos = tokenizer.eos_id().filter(|_| !args.ignore_eos);
     let mut generated = Vec::new();
     let mut shown = 0;
     let mut out = std::io::stdout();
     print!("{}", args.prompt);
-    while generated.len() < args.max_tokens && Some(step[0].1) != tokenizer.eos_id() {
+    while generated.len() < args.max_tokens && Some(step[0].1) != eos {
         generated.push(step[0].1);
         // Decode everything generated so far and print what is new, so that characters
         // split over several tokens come out whole.
@@ -45,9 +47,21 @@ pub(crate) fn run(args: GenerateArgs) -> Result<(), Box<dyn Error>> {
             shown = text.len();
         }
         runner.decode_greedy(&mut step)?;
+        finite(runner.logits(), generated.len())?;
     }
     println!();
     let seconds = started.elapsed().as_secs_f64();
     eprintln!("{} tokens generated in {seconds:.1} s ({})", generated.len(), args.method);
     Ok(())
+}
+
+/// Refuses to go on from values (the prompt's last hidden state, a step's logits) that hold
+/// a NaN or an infinity: a token chosen from them would be silently wrong.
+fn finite(values: &[f32], generated: usize) -> Result<(), String> {
+    match values.iter().position(|x| !x.is_finite()) {
+        Some(i) => {
+            Err(format!("the model produced {} at value {i} after {generated} generated tokens", values[i]))
+        }
+        None => Ok(()),
+    }
 }

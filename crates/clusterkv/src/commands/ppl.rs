@@ -20,6 +20,7 @@ pub(crate) fn run(args: PplArgs) -> Result<(), Box<dyn Error>> {
     config.positions = args.positions;
     config.decode = args.decode;
     config.dense_layers = args.model.dense_layers;
+    config.batch = args.batch.batch.into();
     config.seed = args.seed;
     // Refuse bad input before loading anything.
     check::distinct("--methods", &args.methods)?;

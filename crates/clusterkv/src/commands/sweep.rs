@@ -39,6 +39,7 @@ pub(crate) fn run(args: SweepArgs) -> Result<(), Box<dyn Error>> {
     config.eval.decode = args.decode.unwrap_or(config.eval.decode);
     config.eval.passage_len = args.passage_len.unwrap_or(config.eval.passage_len);
     config.eval.dense_layers = args.model.dense_layers;
+    config.eval.batch = args.batch.batch.into();
     config.eval.seed = args.seed;
     config.step_context = args.step_context.unwrap_or(config.step_context);
     config.reps = args.reps.unwrap_or(config.reps);
