@@ -154,6 +154,17 @@ pub fn evaluate(
     Ok(records)
 }
 
+impl EvalConfig {
+    /// Tokens of text the probes of every context need: a context for the perplexity
+    /// windows, a context and a half where copy or passkey prompts take their fillers from
+    /// windows offset by half a context.
+    pub fn text_tokens(&self) -> usize {
+        let retrieval = self.tasks.iter().any(|t| matches!(t, Task::Copy | Task::Passkey));
+        let largest = self.contexts.iter().copied().max().unwrap_or(0);
+        if retrieval { largest + largest / 2 } else { largest }
+    }
+}
+
 fn check(config: &EvalConfig) -> Result<(), EvalError> {
     let invalid = |name, value: String, expected| {
         Err(EvalError::from(ckv_core::ParamError::new(name, value, expected)))

@@ -43,6 +43,17 @@ pub(crate) fn read_text(path: &Path) -> Result<String, ParamError> {
     Ok(text)
 }
 
+/// What the text of an evaluation is for (`tokenize`'s `within`): the contexts as the user
+/// gave them (`contexts`), and the fillers of the retrieval prompts where they need more.
+pub(crate) fn text_for(config: &EvalConfig, contexts: &str) -> String {
+    let largest = config.contexts.iter().copied().max().unwrap_or(0);
+    if config.text_tokens() > largest {
+        format!("--contexts {contexts} (a context and a half: the copy and passkey prompts' fillers)")
+    } else {
+        format!("--contexts {contexts}")
+    }
+}
+
 /// Tokenizes the text of `--text` (`path`), refused by name when it holds fewer than
 /// `needed` tokens (the context `within` names, as the user gave it).
 pub(crate) fn tokenize(

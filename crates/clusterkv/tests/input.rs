@@ -234,14 +234,23 @@ fn a_text_shorter_than_the_context_is_refused_by_name() {
     );
     for (args, context) in [
         (&["ppl", "--context", "64", "--budgets", "40"][..], "--context 64"),
-        (&["eval", "--contexts", "64", "--budgets", "40", "--out", &out], "--contexts 64"),
-        (&["sweep", "--contexts", "64", "--out", &out], "--contexts 64"),
+        (&["eval", "--contexts", "64", "--budgets", "40", "--tasks", "ppl", "--out", &out], "--contexts 64"),
         (&["cache-sim", "--context", "64", "--budget", "40", "--steps", "4"], "--context 64"),
         (&["bench", "--e2e-contexts", "64", "--e2e-tokens", "4"], "--e2e-contexts 64"),
     ] {
         let want =
             ["invalid --text", &text, &format!("at least 64 tokens of text for {context} (it holds 40)")];
         refused_with(&[args, &["--model", &model, "--text", &text]].concat(), &want, true);
+    }
+    // The copy and passkey prompts take fillers half a context on: a context and a half.
+    let longer = dir.file("longer.txt", &book(80));
+    for args in [
+        &["eval", "--contexts", "64", "--budgets", "40", "--out", &out][..],
+        &["sweep", "--contexts", "64", "--out", &out],
+    ] {
+        let want =
+            ["invalid --text", &longer, "at least 96 tokens of text for --contexts 64 (a context and a half"];
+        refused_with(&[args, &["--model", &model, "--text", &longer]].concat(), &want, true);
     }
 }
 

@@ -8,7 +8,7 @@ use tracing::info;
 
 use crate::args::EvalArgs;
 use crate::check;
-use crate::common::{Bar, load, read_text, run_meta, tokenize, write_json};
+use crate::common::{Bar, load, read_text, run_meta, text_for, tokenize, write_json};
 
 pub(crate) fn run(args: EvalArgs) -> Result<(), Box<dyn Error>> {
     let started = Instant::now();
@@ -69,7 +69,8 @@ pub(crate) fn run(args: EvalArgs) -> Result<(), Box<dyn Error>> {
     let (model, tokenizer) = load(&args.model.model)?;
     let largest = config.contexts.iter().copied().max().unwrap_or(0);
     check::fits_model("--contexts", &contexts, largest, model.config())?;
-    let tokens = tokenize(&tokenizer, &text, &args.text, largest, &format!("--contexts {contexts}"))?;
+    let tokens =
+        tokenize(&tokenizer, &text, &args.text, config.text_tokens(), &text_for(&config, &contexts))?;
     let bar = Bar::new()?;
     let mut meta = run_meta(&args.model.model, &args.text, tokens.len(), &config, args.quick)?;
     // One context at a time, the reports rewritten after each: a long run stopped early

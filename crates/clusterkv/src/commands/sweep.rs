@@ -5,11 +5,11 @@ use std::error::Error;
 use std::time::Instant;
 
 use ckv_core::ParamGuard;
-use ckv_eval::{SweepConfig, SweepReport, run_sweep, sweep_tables, write_sweep};
+use ckv_eval::{EvalConfig, SWEEP_TASKS, SweepConfig, SweepReport, run_sweep, sweep_tables, write_sweep};
 
 use crate::args::SweepArgs;
 use crate::check;
-use crate::common::{Bar, load, read_text, run_meta, tokenize};
+use crate::common::{Bar, load, read_text, run_meta, text_for, tokenize};
 
 pub(crate) fn run(args: SweepArgs) -> Result<(), Box<dyn Error>> {
     let started = Instant::now();
@@ -61,7 +61,10 @@ pub(crate) fn run(args: SweepArgs) -> Result<(), Box<dyn Error>> {
     let contexts = check::joined(&config.contexts);
     let largest = config.contexts.iter().copied().max().unwrap_or(0);
     check::fits_model("--contexts", &contexts, largest, model.config())?;
-    let tokens = tokenize(&tokenizer, &text, &args.text, largest, &format!("--contexts {contexts}"))?;
+    let probes =
+        EvalConfig { tasks: SWEEP_TASKS.to_vec(), contexts: config.contexts.clone(), ..config.eval.clone() };
+    let tokens =
+        tokenize(&tokenizer, &text, &args.text, probes.text_tokens(), &text_for(&probes, &contexts))?;
     let bar = Bar::new()?;
     let mut meta = run_meta(&args.model.model, &args.text, tokens.len(), &config.eval, args.quick)?;
     let run = run_sweep(&model, &tokenizer, &tokens, &config, &bar)?;
