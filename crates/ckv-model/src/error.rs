@@ -42,6 +42,14 @@ pub enum GgufError {
         /// The type code.
         value_type: u32,
     },
+    /// Arrays nested deeper than [`MAX_ARRAY_DEPTH`](crate::MAX_ARRAY_DEPTH).
+    #[error("corrupt GGUF file: key {key:?} nests arrays {depth} deep (at most {})", crate::MAX_ARRAY_DEPTH)]
+    NestedTooDeep {
+        /// The key.
+        key: String,
+        /// The depth reached.
+        depth: usize,
+    },
     /// A string that is not UTF-8.
     #[error("corrupt GGUF file: string at offset {offset} is not UTF-8")]
     InvalidUtf8 {

@@ -1,4 +1,8 @@
-//! The GGUF container: header, metadata, tensor infos and tensor data, memory-mapped.
+//! The GGUF container: header, metadata, tensor infos and tensor data, memory-mapped (or
+//! held in memory).
+//!
+//! Every count and offset in the file is checked against the file's length before it is
+//! used: a corrupt count cannot make the reader allocate more than the file could hold.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -12,6 +16,9 @@ use crate::{GgmlType, GgufError, dequantize};
 
 const MAGIC: u32 = 0x4655_4747;
 const DEFAULT_ALIGNMENT: u64 = 32;
+/// Deepest nesting of arrays in arrays the reader accepts (the metadata of real files has
+/// none); the parser recurses once per level.
+pub const MAX_ARRAY_DEPTH: usize = 8;
 
 /// A metadata value.
 #[derive(Debug, Clone, PartialEq)]
@@ -100,14 +107,27 @@ impl TensorInfo {
     }
 }
 
-/// An open GGUF file: metadata parsed, tensors located, data memory-mapped.
-#[derive(Debug)]
+/// The bytes of a GGUF file: a read-only mapping, or bytes in memory.
+type Bytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
+
+/// An open GGUF file: metadata parsed, tensors located, data memory-mapped or in memory.
 pub struct GgufFile {
-    map: Arc<Mmap>,
+    map: Bytes,
     version: u32,
     metadata: BTreeMap<String, GgufValue>,
     tensors: Vec<TensorInfo>,
     by_name: HashMap<String, usize>,
+}
+
+impl std::fmt::Debug for GgufFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GgufFile")
+            .field("len", &self.bytes().len())
+            .field("version", &self.version)
+            .field("metadata", &self.metadata)
+            .field("tensors", &self.tensors)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A bounds-checked little-endian reader over the mapped bytes.
@@ -145,7 +165,8 @@ impl<'a> Cursor<'a> {
         String::from_utf8(bytes.to_vec()).map_err(|_| GgufError::InvalidUtf8 { offset })
     }
 
-    fn value(&mut self, key: &str, value_type: u32) -> Result<GgufValue, GgufError> {
+    /// The value of `value_type` at the cursor, inside `depth` arrays.
+    fn value(&mut self, key: &str, value_type: u32, depth: usize) -> Result<GgufValue, GgufError> {
         const WHAT: &str = "metadata value";
         Ok(match value_type {
             0 => GgufValue::U8(u8::from_le_bytes(self.array(WHAT)?)),
@@ -158,22 +179,26 @@ impl<'a> Cursor<'a> {
             7 => GgufValue::Bool(self.array::<1>(WHAT)?[0] != 0),
             8 => GgufValue::String(self.string(WHAT)?),
             9 => {
+                if depth >= MAX_ARRAY_DEPTH {
+                    return Err(GgufError::NestedTooDeep { key: key.to_owned(), depth: depth + 1 });
+                }
                 let item_type = self.u32("array item type")?;
                 let len = self.u64("array length")?;
-                // Every item takes at least one byte: a corrupt length cannot make us allocate
-                // more than the file holds.
+                // Every item takes at least `min_size` bytes: a corrupt length cannot make us
+                // allocate more items than the file holds.
                 let remaining = (self.bytes.len() - self.at) as u64;
-                if len > remaining {
+                let needed = len.saturating_mul(min_size(item_type));
+                if needed > remaining {
                     return Err(GgufError::Truncated {
                         what: "array items",
                         offset: self.at,
-                        needed: len,
+                        needed,
                         len: self.bytes.len(),
                     });
                 }
                 let mut items = Vec::with_capacity(len as usize);
                 for _ in 0..len {
-                    items.push(self.value(key, item_type)?);
+                    items.push(self.value(key, item_type, depth + 1)?);
                 }
                 GgufValue::Array(items)
             }
@@ -185,6 +210,18 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// The fewest bytes a metadata value of type `value_type` takes (1 for an unknown type,
+/// which fails as soon as it is read).
+fn min_size(value_type: u32) -> u64 {
+    match value_type {
+        2 | 3 => 2,
+        4..=6 => 4,
+        8 | 10..=12 => 8,
+        9 => 12,
+        _ => 1,
+    }
+}
+
 impl GgufFile {
     /// Opens and parses `path`; tensor data stays mapped, not read.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, GgufError> {
@@ -192,11 +229,22 @@ impl GgufFile {
         let io = |source| GgufError::Io { path: path.to_owned(), source };
         let file = File::open(path).map_err(io)?;
         let map = map_file(&file).map_err(io)?;
-        Self::parse(map)
+        Self::parse(Arc::new(map))
     }
 
-    fn parse(map: Mmap) -> Result<Self, GgufError> {
-        let mut c = Cursor { bytes: &map, at: 0 };
+    /// Parses the GGUF file held in `bytes` (a file read into memory, or one written by
+    /// [`testing::gguf_bytes`](crate::testing::gguf_bytes)).
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<Self, GgufError> {
+        Self::parse(Arc::new(bytes))
+    }
+
+    /// The whole file.
+    fn bytes(&self) -> &[u8] {
+        (*self.map).as_ref()
+    }
+
+    fn parse(map: Bytes) -> Result<Self, GgufError> {
+        let mut c = Cursor { bytes: (*map).as_ref(), at: 0 };
         let magic = c.u32("magic")?;
         if magic != MAGIC {
             return Err(GgufError::BadMagic { found: magic });
@@ -211,7 +259,7 @@ impl GgufFile {
         for _ in 0..n_metadata {
             let key = c.string("metadata key")?;
             let value_type = c.u32("metadata value type")?;
-            let value = c.value(&key, value_type)?;
+            let value = c.value(&key, value_type, 0)?;
             metadata.insert(key, value);
         }
         let alignment = match metadata.get("general.alignment") {
@@ -247,14 +295,15 @@ impl GgufFile {
             });
         }
         let data_start = (c.at as u64).div_ceil(alignment) * alignment;
+        let file_len = c.bytes.len();
         let mut tensors = Vec::with_capacity(raw.len());
         let mut by_name = HashMap::with_capacity(raw.len());
         for (name, dims, dtype, offset) in raw {
-            let data = tensor_range(&name, &dims, dtype, data_start + offset, map.len())?;
+            let data = tensor_range(&name, &dims, dtype, (data_start, offset), file_len)?;
             by_name.insert(name.clone(), tensors.len());
             tensors.push(TensorInfo { name, dims, dtype, data });
         }
-        Ok(Self { map: Arc::new(map), version, metadata, tensors, by_name })
+        Ok(Self { map, version, metadata, tensors, by_name })
     }
 
     /// The GGUF version (2 or 3).
@@ -322,7 +371,7 @@ impl GgufFile {
 
     /// The raw bytes of tensor `name`.
     pub fn tensor_bytes(&self, name: &str) -> Result<&[u8], GgufError> {
-        Ok(&self.map[self.tensor(name)?.data.clone()])
+        Ok(&self.bytes()[self.tensor(name)?.data.clone()])
     }
 
     /// The bytes of tensor `name`, sharing the file's mapping (they stay valid after the
@@ -334,11 +383,15 @@ impl GgufFile {
     /// Tensor `name` dequantized to `f32`, in GGML order (fastest dimension first).
     pub fn dequantize(&self, name: &str) -> Result<Vec<f32>, GgufError> {
         let info = self.tensor(name)?;
+        let unsupported = || GgufError::UnsupportedType { name: name.to_owned(), dtype: info.dtype };
+        // An unsupported type's element count is not checked against the file: refuse it
+        // before allocating.
+        info.dtype.block().ok_or_else(unsupported)?;
         let mut out = vec![0.0f32; info.n_elements()];
-        if dequantize(info.dtype, &self.map[info.data.clone()], &mut out) {
+        if dequantize(info.dtype, &self.bytes()[info.data.clone()], &mut out) {
             Ok(out)
         } else {
-            Err(GgufError::UnsupportedType { name: name.to_owned(), dtype: info.dtype })
+            Err(unsupported())
         }
     }
 }
@@ -346,7 +399,7 @@ impl GgufFile {
 /// A tensor's bytes inside a shared mapping of its file: a weight kept in its GGUF blocks.
 #[derive(Clone)]
 pub(crate) struct SharedBytes {
-    data: Arc<dyn AsRef<[u8]> + Send + Sync>,
+    data: Bytes,
     range: std::ops::Range<usize>,
 }
 
@@ -373,15 +426,19 @@ impl std::fmt::Debug for SharedBytes {
     }
 }
 
-/// The byte range of a tensor's data, checked against its shape, type and the file.
+/// The byte range of a tensor's data at `offset` from `data_start`, checked against its
+/// shape, type and the file.
 fn tensor_range(
     name: &str,
     dims: &[u64],
     dtype: GgmlType,
-    start: u64,
+    (data_start, offset): (u64, u64),
     file_len: usize,
 ) -> Result<std::ops::Range<usize>, GgufError> {
     let bad = |reason: String| GgufError::BadTensor { name: name.to_owned(), reason };
+    let start = data_start
+        .checked_add(offset)
+        .ok_or_else(|| bad(format!("offset {offset} runs past the end of the file ({file_len} bytes)")))?;
     let elements = dims
         .iter()
         .try_fold(1u64, |acc, &d| acc.checked_mul(d))
@@ -391,7 +448,7 @@ fn tensor_range(
     if elements % per_block as u64 != 0 {
         return Err(bad(format!("{elements} elements are not whole blocks of {per_block} for {dtype}")));
     }
-    let len = elements / per_block as u64 * block_bytes as u64;
+    let len = (elements / per_block as u64).saturating_mul(block_bytes as u64);
     let end = start.checked_add(len).filter(|&end| end <= file_len as u64).ok_or_else(|| {
         bad(format!(
             "data [{start}, {}) runs past the end of the file ({file_len} bytes)",

@@ -35,12 +35,13 @@ mod gguf;
 mod model;
 mod ops;
 mod quant;
+pub mod testing;
 mod tokenizer;
 mod weights;
 
 pub use config::LlamaConfig;
 pub use error::{GgufError, ModelError};
-pub use gguf::{GgufFile, GgufValue, TensorInfo};
+pub use gguf::{GgufFile, GgufValue, MAX_ARRAY_DEPTH, TensorInfo};
 pub use model::{DecodeObserver, Model, PREFILL_CHUNK, PromptSnapshot, Runner, Sequence};
 pub use ops::{argmax, nll};
 pub use quant::{GgmlType, dequantize};

@@ -3,7 +3,7 @@
 
 mod common;
 
-use ckv_model::{GgmlType, GgufError, GgufFile, GgufValue};
+use ckv_model::{GgmlType, GgufError, GgufFile, GgufValue, MAX_ARRAY_DEPTH};
 use common::{Tensor, Val, gguf_bytes, temp_file};
 use half::f16;
 
@@ -16,7 +16,7 @@ fn half_bytes(x: f32) -> [u8; 2] {
 }
 
 /// One block of each quantized type, with the values it must dequantize to.
-fn quantized() -> Vec<(Tensor, Vec<f32>)> {
+fn quantized() -> Vec<(Tensor<'static>, Vec<f32>)> {
     let mut q4_0 = half_bytes(0.5).to_vec();
     q4_0.extend((0..16u8).map(|j| j | ((15 - j) << 4)));
     let want_q4_0: Vec<f32> =
@@ -46,7 +46,7 @@ fn quantized() -> Vec<(Tensor, Vec<f32>)> {
     ]
 }
 
-fn metadata() -> Vec<(&'static str, Val)> {
+fn metadata() -> Vec<(&'static str, Val<'static>)> {
     vec![
         ("general.architecture", Val::Str("llama")),
         ("llama.block_count", Val::U32(30)),
@@ -69,7 +69,7 @@ fn reads_metadata_and_dequantizes_every_supported_type() {
             meta.push(("general.alignment", Val::U32(alignment as u32)));
         }
         let cases = quantized();
-        let tensors: Vec<Tensor> = cases.iter().map(|(t, _)| t.clone()).collect();
+        let tensors: Vec<Tensor<'_>> = cases.iter().map(|(t, _)| t.clone()).collect();
         let gguf = open(&gguf_bytes(&meta, &tensors, alignment)).unwrap();
         assert_eq!(gguf.version(), 3);
         assert_eq!(gguf.get_str("general.architecture").unwrap(), "llama");
@@ -123,7 +123,7 @@ fn unsupported_tensor_type_is_read_but_not_dequantized() {
 
 #[test]
 fn every_truncation_is_an_error_not_a_panic() {
-    let tensors: Vec<Tensor> = quantized().into_iter().map(|(t, _)| t).collect();
+    let tensors: Vec<Tensor<'_>> = quantized().into_iter().map(|(t, _)| t).collect();
     let bytes = gguf_bytes(&metadata(), &tensors, 32);
     assert!(open(&bytes).is_ok());
     for cut in 0..bytes.len() {
@@ -163,4 +163,88 @@ fn corrupt_headers_get_clear_errors() {
     assert!(matches!(&err, GgufError::BadTensor { name, .. } if name == "t"), "{err}");
     let missing = GgufFile::open("/nonexistent/model.gguf").unwrap_err();
     assert!(missing.to_string().contains("/nonexistent/model.gguf"), "{missing}");
+}
+
+/// Found by the `gguf` fuzz target: a tensor whose byte length or end overflows `u64` (the
+/// product `blocks * block bytes`, the offset after the data start) is a typed error naming
+/// it, not an overflow panic.
+#[test]
+fn overflowing_tensor_sizes_and_offsets_are_refused() {
+    let huge = vec![("t", vec![1 << 62], 0u32, vec![0u8; 4])];
+    let err = GgufFile::from_bytes(gguf_bytes(&[], &huge, 32)).unwrap_err();
+    assert!(
+        matches!(&err, GgufError::BadTensor { name, reason } if name == "t" && reason.contains("past the end")),
+        "{err}"
+    );
+    let bytes = gguf_bytes(&[], &[("t", vec![1], 0u32, vec![0u8; 4])], 32);
+    // The offset is the last field of the only tensor info, just before the data's padding.
+    let at = 24 + 8 + 1 + 4 + 8 + 4;
+    let mut far = bytes.clone();
+    far[at..at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+    let err = GgufFile::from_bytes(far).unwrap_err();
+    assert!(
+        matches!(&err, GgufError::BadTensor { reason, .. } if reason.contains(&u64::MAX.to_string())),
+        "{err}"
+    );
+    assert_eq!(GgufFile::from_bytes(bytes).unwrap().dequantize("t").unwrap(), [0.0]);
+}
+
+/// An unsupported tensor type's element count is not bounded by the file: asking for its
+/// values is refused before anything of that size is allocated.
+#[test]
+fn unsupported_tensor_of_huge_dims_is_refused_before_allocating() {
+    let tensors = vec![("t", vec![1 << 40, 1 << 20], 16u32, Vec::new())];
+    let gguf = GgufFile::from_bytes(gguf_bytes(&[], &tensors, 32)).unwrap();
+    assert_eq!(gguf.tensor("t").unwrap().n_elements(), 1 << 60);
+    let err = gguf.dequantize("t").unwrap_err();
+    assert!(matches!(err, GgufError::UnsupportedType { dtype: GgmlType::Other(16), .. }), "{err}");
+}
+
+/// Arrays nested deeper than `MAX_ARRAY_DEPTH` are refused by name (the reader recurses once
+/// per level: a deep file cannot overflow the stack), and an array whose items cannot fit the
+/// rest of the file is refused before its items are allocated.
+#[test]
+fn deep_or_oversized_arrays_are_refused() {
+    let nested = |depth: usize| (0..depth).fold(Val::U8(1), |inner, _| Val::Array(vec![inner]));
+    let ok = GgufFile::from_bytes(gguf_bytes(&[("k", nested(MAX_ARRAY_DEPTH))], &[], 32)).unwrap();
+    assert!(matches!(ok.get_array("k").unwrap()[0], GgufValue::Array(_)));
+    let err = GgufFile::from_bytes(gguf_bytes(&[("k", nested(MAX_ARRAY_DEPTH + 1))], &[], 32)).unwrap_err();
+    assert!(
+        matches!(&err, GgufError::NestedTooDeep { key, depth } if key == "k" && *depth == MAX_ARRAY_DEPTH + 1),
+        "{err}"
+    );
+    // 2^60 items of u64: the length alone would ask for exabytes.
+    let mut bytes = gguf_bytes(&[("k", Val::Array(vec![Val::U64(7)]))], &[], 32);
+    let len_at = 24 + 8 + 1 + 4 + 4;
+    bytes[len_at..len_at + 8].copy_from_slice(&(1u64 << 60).to_le_bytes());
+    let err = GgufFile::from_bytes(bytes).unwrap_err();
+    assert!(
+        matches!(err, GgufError::Truncated { what: "array items", needed, .. } if needed == 1 << 63),
+        "{err}"
+    );
+}
+
+/// `from_bytes` reads what `open` reads: every metadata type the writer has, and the tensors.
+#[test]
+fn from_bytes_reads_every_metadata_type() {
+    let metadata = [
+        ("i8", Val::I8(-3)),
+        ("u16", Val::U16(60000)),
+        ("i16", Val::I16(-30000)),
+        ("i64", Val::I64(i64::MIN)),
+        ("nested", Val::Array(vec![Val::Array(vec![Val::U64(1)]), Val::Array(vec![])])),
+    ];
+    let bytes = gguf_bytes(&metadata, &quantized().into_iter().map(|(t, _)| t).collect::<Vec<_>>(), 32);
+    let (in_memory, mapped) = (GgufFile::from_bytes(bytes.clone()).unwrap(), open(&bytes).unwrap());
+    assert_eq!(in_memory.metadata(), mapped.metadata());
+    assert_eq!(in_memory.tensors(), mapped.tensors());
+    assert_eq!(in_memory.get("i8").unwrap(), &GgufValue::I8(-3));
+    assert_eq!(in_memory.get_u32("u16").unwrap(), 60000);
+    assert_eq!(in_memory.get("i16").unwrap(), &GgufValue::I16(-30000));
+    assert_eq!(in_memory.get("i64").unwrap(), &GgufValue::I64(i64::MIN));
+    let nested = in_memory.get_array("nested").unwrap();
+    assert_eq!(nested, [GgufValue::Array(vec![GgufValue::U64(1)]), GgufValue::Array(vec![])]);
+    for (name, want) in quantized().into_iter().map(|((name, ..), want)| (name, want)) {
+        assert_eq!(in_memory.dequantize(name).unwrap(), want, "{name}");
+    }
 }

@@ -14,7 +14,7 @@ use common::{Val, default_model_path, default_text_path, gguf_bytes, temp_file};
 // Tiny GGUF files.
 
 /// The tokenizer metadata of a tiny byte-level vocabulary, SmolLM2-style.
-fn tiny_metadata() -> Vec<(&'static str, Val)> {
+fn tiny_metadata() -> Vec<(&'static str, Val<'static>)> {
     vec![
         ("tokenizer.ggml.model", Val::Str("gpt2")),
         ("tokenizer.ggml.pre", Val::Str("smollm")),
@@ -44,7 +44,7 @@ fn tiny_metadata() -> Vec<(&'static str, Val)> {
 }
 
 /// The tiny metadata with `key` replaced by `val` (added if absent), or removed if `None`.
-fn tiny_with(key: &'static str, val: Option<Val>) -> Vec<(&'static str, Val)> {
+fn tiny_with(key: &'static str, val: Option<Val<'static>>) -> Vec<(&'static str, Val<'static>)> {
     let mut md: Vec<_> = tiny_metadata().into_iter().filter(|(k, _)| *k != key).collect();
     if let Some(v) = val {
         md.push((key, v));
@@ -52,7 +52,7 @@ fn tiny_with(key: &'static str, val: Option<Val>) -> Vec<(&'static str, Val)> {
     md
 }
 
-fn build(metadata: &[(&str, Val)]) -> Result<Tokenizer, TokenizerError> {
+fn build(metadata: &[(&str, Val<'_>)]) -> Result<Tokenizer, TokenizerError> {
     let file = temp_file(&gguf_bytes(metadata, &[], 32));
     let gguf = GgufFile::open(file.path()).unwrap();
     Tokenizer::from_gguf(&gguf)
