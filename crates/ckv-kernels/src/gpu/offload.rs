@@ -293,8 +293,10 @@ impl Gpu {
     /// lists are made as [`decode_step`](Self::decode_step) makes them (a dense step lists
     /// every token); the tier keeps the rows of the last `reuse` steps, fetches what it
     /// lacks from `host` and the attention reads its slots. Outputs are those of the same
-    /// step without offload: the same rows in the same order. [`KernelError::TierFull`]
-    /// where a step (this one or an earlier) found more missing rows than free slots.
+    /// step without offload: the same rows in the same order. The tier is sized so that
+    /// every step's rows fit; [`tier_stats`](Self::tier_stats) reports
+    /// [`KernelError::TierFull`] should a step ever have found more missing rows than free
+    /// slots (checked there, not per step, to keep a host sync off the decode path).
     pub fn decode_step_offloaded(
         &self,
         host: &PinnedKv,
@@ -332,10 +334,7 @@ impl Gpu {
         // The union of the last `reuse` steps' lists never exceeds this.
         let slots = tier_slots(tier.reuse, step.lists(heads) / heads, step.attended(), host.len);
         self.swap(host, tier, &step, scratch, slots)?;
-        self.attend_rows(tier.rows(), &step, scratch)?;
-        // A row the tier could not hold was read from slot 0: fail the step rather than
-        // return its output (one small copy after the step's kernels).
-        check_held(&self.stream.clone_dtoh(&tier.stats).map_err(driver)?)
+        self.attend_rows(tier.rows(), &step, scratch)
     }
 
     /// The tier's swap of a step whose lists are in `scratch`, with at least `slots` slots
